@@ -1,0 +1,28 @@
+# make test   - set up .venv if needed, then run every test (what CI runs)
+# make repro  - set up .venv if needed, then reproduce the toy pipeline (dvc repro)
+SHELL := /bin/bash
+VENV  := .venv
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test repro clean-venv
+
+setup: $(STAMP)
+
+# torch/torchvision are pinned by constraints.txt for every install (see README, "Why a constraints file").
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+test: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/check_nbdev_clean.sh
+	PATH="$(CURDIR)/$(BIN):$$PATH" nbdev-test --n-workers 2
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest tests/ -q
+
+repro: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
+
+clean-venv:
+	rm -rf $(VENV)
