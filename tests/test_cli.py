@@ -1,0 +1,97 @@
+"The installed `maskfocus` command: render -> judge round trip, summary on the last line, clear errors, nothing half-written."
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_SPLIT = ROOT/"data"/"prompts"/"test_metadata.jsonl"
+
+
+def small_metadata(tmp_path, n=12):
+    lines = TEST_SPLIT.read_text().splitlines()
+    p = tmp_path/"meta.jsonl"
+    p.write_text("\n".join(lines[::len(lines) // n][:n]) + "\n")
+    return p
+
+
+def test_render_then_judge_round_trip(tmp_path, run_cli):
+    meta = small_metadata(tmp_path)
+    r = run_cli("render", meta, "--out", tmp_path/"gen", "--per-prompt", 2, "--seed", 3)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path/"gen").iterdir()) == [f"{i:05d}" for i in range(12)]
+    assert (tmp_path/"gen"/"00003"/"samples"/"0001.png").is_file()
+    r = run_cli("judge", tmp_path/"gen", "--out", tmp_path/"res.jsonl")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(summary) >= {"overall", "tags"} and summary["overall"] == 1.0
+    rows = [json.loads(l) for l in (tmp_path/"res.jsonl").read_text().splitlines()]
+    assert len(rows) == 24 and {"filename", "tag", "prompt", "correct", "reason", "metadata", "details"} <= set(rows[0])
+
+
+def test_render_is_deterministic(tmp_path, run_cli):
+    meta = small_metadata(tmp_path, 4)
+    for d in ("a", "b"): assert run_cli("render", meta, "--out", tmp_path/d, "--seed", 5).returncode == 0
+    pa, pb = sorted((tmp_path/"a").rglob("*.png")), sorted((tmp_path/"b").rglob("*.png"))
+    assert [p.read_bytes() for p in pa] == [p.read_bytes() for p in pb]
+
+
+@pytest.mark.parametrize("edit, where", [
+    (lambda s: s.replace('"tag": "colors"', '"tag": "colours"', 1), "field 'tag': unknown tag 'colours'"),
+    (lambda s: s.replace('"color": "red"', '"color": "mauve"', 1), "color': unknown colour 'mauve'"),
+    (lambda s: s.replace('"class": "circle"', '"class": "hexagon"', 1), "class': unknown class 'hexagon'"),
+    (lambda s: s.replace('}]', '}', 1), "malformed JSON"),
+])
+def test_bad_metadata_is_one_clear_error(tmp_path, run_cli, edit, where):
+    good = TEST_SPLIT.read_text()
+    bad = edit(good)
+    assert bad != good
+    line = next(i for i, (a, b) in enumerate(zip(good.splitlines(), bad.splitlines()), 1) if a != b)
+    p = tmp_path/"bad.jsonl"; p.write_text(bad)
+    r = run_cli("render", p, "--out", tmp_path/"gen")
+    assert r.returncode == 2
+    msg = r.stderr.strip()
+    assert len(msg.splitlines()) == 1 and msg.startswith(f"error: {p}:{line}") and where in msg, msg
+    assert not (tmp_path/"gen").exists(), "nothing may be written on bad input"
+
+
+def _rendered(tmp_path, run_cli):
+    meta = small_metadata(tmp_path, 3)
+    assert run_cli("render", meta, "--out", tmp_path/"gen", "--per-prompt", 1).returncode == 0
+    return tmp_path/"gen"
+
+
+def test_missing_samples_folder(tmp_path, run_cli):
+    gen = _rendered(tmp_path, run_cli)
+    for p in (gen/"00001"/"samples").iterdir(): p.unlink()
+    (gen/"00001"/"samples").rmdir()
+    r = run_cli("judge", gen, "--out", tmp_path/"res.jsonl")
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {gen/'00001'/'samples'}: missing samples/ folder"
+    assert not (tmp_path/"res.jsonl").exists()
+
+
+def test_wrong_image_size(tmp_path, run_cli):
+    gen = _rendered(tmp_path, run_cli)
+    png = gen/"00002"/"samples"/"0000.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(png)
+    (tmp_path/"res.jsonl").write_text("old\n")
+    r = run_cli("judge", gen, "--out", tmp_path/"res.jsonl")
+    assert r.returncode == 2 and str(png) in r.stderr and "field 'size'" in r.stderr and "expected 64x64" in r.stderr
+    assert (tmp_path/"res.jsonl").read_text() == "old\n", "a failed judge must not touch an existing results file"
+
+
+def test_malformed_metadata_in_folder(tmp_path, run_cli):
+    gen = _rendered(tmp_path, run_cli)
+    mf = gen/"00000"/"metadata.jsonl"
+    mf.write_text(mf.read_text().replace('"count": 1', '"count": "one"', 1))
+    r = run_cli("judge", gen, "--out", tmp_path/"res.jsonl")
+    assert r.returncode == 2 and r.stderr.startswith(f"error: {mf}:1, field 'include[0].count'")
+
+
+def test_prompts_check_passes_on_committed_data(run_cli, tmp_path):
+    r = run_cli("prompts", "--seed", 0, "--test-per-tag", 36, "--out", ROOT/"data"/"prompts", "--check")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("prompts", "--seed", 1, "--test-per-tag", 36, "--out", ROOT/"data"/"prompts", "--check")
+    assert r.returncode == 1 and "differ from what seed 1 generates" in r.stderr
