@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/check_nbdev_clean.sh
-	PATH="$(CURDIR)/$(BIN):$$PATH" nbdev-test --n-workers 2
+	# two notebooks run at once on two cores: one torch thread each avoids oversubscription
+	OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" nbdev-test --n-workers 2
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest tests/ -q
 
 repro: $(STAMP)
