@@ -15,3 +15,13 @@ def run_cli():
     def run(*args, cwd=None):
         return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT, stdin=subprocess.DEVNULL)
     return run
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    "Tests use tiny tensors: extra intra-op threads only contend on a shared CPU. Restored afterwards."
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

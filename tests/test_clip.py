@@ -19,13 +19,6 @@ EVAL = TRAIN[::20]  # a few prompts for the end-of-run evaluation
 CFG = ClipConfig.tiny(steps=6, batch_size=8, warmup_steps=2, ckpt_every=3, log_every=1, keep_checkpoints=5)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    "Bit-exact comparisons need the same thread count everywhere (and one thread is fastest on a busy CPU)."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def error_of(fn):

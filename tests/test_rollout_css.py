@@ -18,13 +18,6 @@ G, N, HW = 4, 8, 64
 PROMPTS = ["a photo of a red circle", "two blue squares"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    "Tiny tensors: extra intra-op threads only contend on a shared CPU. Restored afterwards."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

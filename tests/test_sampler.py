@@ -12,13 +12,6 @@ diffusers = pytest.importorskip("diffusers")
 from diffusers import AmusedScheduler  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    "These tensors are tiny: extra intra-op threads only contend (badly, on a shared CPU). Restored afterwards."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ---------------------------------------------------------------- the AmusedScheduler oracle
