@@ -1,5 +1,5 @@
 # make test   - set up .venv if needed, then run every test (what CI runs)
-# make repro  - set up .venv if needed, then reproduce the toy pipeline (dvc repro)
+# make repro  - set up .venv if needed, then reproduce the toy pipeline (dvc repro; RL runs two at a time)
 SHELL := /bin/bash
 VENV  := .venv
 BIN   := $(VENV)/bin
@@ -22,7 +22,11 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" nbdev-test --n-workers 2
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest tests/ -q
 
+# The RL runs are independent and fastest with one torch thread each: scripts/repro_parallel.py runs them two at a
+# time and records them in dvc.lock as `dvc repro` would; plain `dvc repro` gives the same results, one at a time.
 repro: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro prompts judge_groundtruth train_clip pretrain eval_base
+	PATH="$(CURDIR)/$(BIN):$$PATH" python scripts/repro_parallel.py --jobs 2 'rl@*' 'rl_variant@*'
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
 
 clean-venv:
