@@ -23,11 +23,14 @@ BIN = Path(sys.executable).parent
 LOGS = ROOT/"work"/"logs"
 
 
-def dvc(*args: str) -> str:
-    "Run the project's dvc; return stdout (raise with its stderr on failure)."
-    r = subprocess.run([str(BIN/"dvc"), *args], cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if r.returncode != 0: raise SystemExit(f"error: dvc {' '.join(args)} failed:\n{r.stderr.strip()}")
-    return r.stdout
+def dvc(*args: str, tries: int = 30) -> str:
+    "Run the project's dvc; return stdout. Waits while another dvc holds the repo lock; raises with its stderr on failure."
+    for _ in range(tries):
+        r = subprocess.run([str(BIN/"dvc"), *args], cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if r.returncode == 0: return r.stdout
+        if "lock" not in (r.stderr + r.stdout).lower(): break
+        time.sleep(5)
+    raise SystemExit(f"error: dvc {' '.join(args)} failed:\n{r.stderr.strip()}")
 
 
 def stage_names(patterns: list[str]) -> list[str]:

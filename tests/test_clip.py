@@ -59,7 +59,7 @@ def images_and_prompts(n=5, seed=0):
 def test_round_trip_gives_identical_scores(tmp_path, reference):
     _, model = reference
     save_clip(model, CFG, tmp_path/"clip")
-    assert sorted(p.name for p in (tmp_path/"clip").iterdir()) == ["open_clip_config.json", "open_clip_model.safetensors"]
+    assert sorted(p.name for p in (tmp_path/"clip").iterdir()) == ["open_clip_config.json", "open_clip_model.safetensors", "text_encoder", "tokenizer"]
     images, prompts = images_and_prompts()
     before = ClipScorer(model, CFG)(images, prompts)
     after = ClipScorer.load(tmp_path/"clip")(images, prompts)
