@@ -169,3 +169,28 @@ def test_cli_errors_name_the_source(base, tmp_path):
     assert r.returncode == 2 and f"error: {p}, field 'learning_rate'" in r.stderr
     assert trainer.train_main(["--base", str(base), "--out", str(tmp_path/"o"), "--set", "dr.temp=1"]) == 2
     assert not (tmp_path/"o").exists()
+
+
+def test_pipeline_stage_flags(base, tmp_path):
+    "What a DVC stage runs: --report keeps metrics apart; --restart-on-change resumes an interrupted run and restarts a changed one."
+    p = params_yaml(tmp_path, iterations=2, checkpoint_every=1)
+    def launch(*extra, section="t"):
+        return subprocess.run([sys.executable, str(LAUNCH), "--base", str(base), "--out", str(tmp_path/"o"), "--params", str(p),
+                               "--section", section, "--report", str(tmp_path/"r"), "--no-progress", *extra],
+                              cwd=ROOT, env=env(), capture_output=True, text=True)
+    r = launch("--max-iterations", "1", "--restart-on-change")  # interrupted after iteration 1
+    assert r.returncode == 0, r.stderr
+    r = launch("--restart-on-change")  # resumes: iteration 2 only
+    assert r.returncode == 0, r.stderr
+    steps = [int(l.split("\t")[0]) for l in (tmp_path/"r"/"dvclive"/"plots"/"metrics"/"reward"/"mean.tsv").read_text().splitlines()[1:]]
+    assert steps == [1, 2]
+    summary = json.loads((tmp_path/"r"/"train_summary.json").read_text())
+    assert summary["iterations"] == 2 and summary["config"]["lr"] == TINY["lr"]
+    p.write_text(p.read_text().replace("lr: 0.001", "lr: 0.002"))
+    r = launch()  # another config, no flag: refused, nothing changed
+    assert r.returncode == 2 and "another configuration" in r.stderr and "lr" in r.stderr
+    r = launch("--restart-on-change")  # another config with the flag: starts over
+    assert r.returncode == 0 and "starting over" in r.stdout, r.stderr
+    assert json.loads((tmp_path/"r"/"train_summary.json").read_text())["config"]["lr"] == 0.002
+    ck = list_checkpoints(tmp_path/"o"/"run")
+    assert [c.name for c in ck][-1] == "step_0000002" and json.loads((ck[-1]/"state.json").read_text())["extra"]["config"]["lr"] == 0.002
