@@ -1,7 +1,7 @@
 """What does training only the critical steps save? Wall time of one RL iteration of `maskfocus` (K = 3 selected
 steps of N = 32, K ~ N/10 as the paper's 6 of 64) against `mask_grpo` (Mask-GRPO: every one of the N steps) at the
 same rollout (4 prompts x G = 8, N = 32, CFG 3, judge reward), and the peak memory of a `maskfocus` iteration
-against K in {1, 2, 4, 8}.
+against K in {1, 2, 4, 8}, and the iteration time of `maskfocus` at each K in `--time-K` (default 1, 2, 4, 8).
 
 - Model: a random-weights toy pipeline with the toy base model's architecture (`maskfocus.pretrain.PretrainConfig`
   defaults: width 128, 2 + 2 blocks, 8x8 tokens, 73 codes), or `--base FOLDER`. Weights do not change the cost.
@@ -110,6 +110,7 @@ def main(argv=None):
     p.add_argument("--out", default=str(ROOT/"results"/"benchmarks"/"rl_iteration.json"))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--K", type=int, default=3, help="maskfocus's selected steps in the timing (N = 32)")
+    p.add_argument("--time-K", default="1,2,4,8", help="also time maskfocus at these K (comma-separated; empty: skip)")
     p.add_argument("--base", default=None, help="pipeline folder (default: a random toy pipeline of the toy base architecture)")
     p.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--memory-preset", default="maskfocus", help=argparse.SUPPRESS)
@@ -129,8 +130,14 @@ def main(argv=None):
             for preset in runs:
                 runs[preset].append(one_call(preset, base, tmp/f"{preset}_{r}", args.K if preset == "maskfocus" else None))
                 print(preset, r, {k: round(v, 3) for k, v in runs[preset][-1].items()}, flush=True)
+        by_K = {int(k): [] for k in args.time_K.split(",") if k.strip()}
+        for r in range(args.rounds if by_K else 0):  # time against K: the same rollout, K selected steps trained
+            for K in by_K:
+                by_K[K].append(one_call("maskfocus", base, tmp/f"K{K}_{r}", K))
+                print("maskfocus K", K, r, {k: round(v, 3) for k, v in by_K[K][-1].items()}, flush=True)
         med = {pr: {ph: statistics.median(x[ph] for x in xs) for ph in PHASES} | {"trained_steps": xs[0]["trained_steps"]}
                for pr, xs in runs.items()}
+        med_K = {K: {ph: statistics.median(x[ph] for x in xs) for ph in PHASES} for K, xs in by_K.items()}
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         mem = []
         points = [(K, "maskfocus", False) for K in (1, 2, 4, 8)] + [(args.K, "mask_grpo", False)] + [(K, "maskfocus", True) for K in (1, 2, 4, 8)]
@@ -160,6 +167,9 @@ def main(argv=None):
                       "maskfocus, N x 3 for mask_grpo (beta = 0): ratio ~ (2N + 4K) / (5N); N = 32, K = 3 -> 0.475, and never below "
                       "2/5 = 0.4 even as K -> 0 (paper scale N = 64, K = 6: 0.475)",
         "ratio_update": mf["update"] / mg["update"],
+        "time_s_median_by_K": med_K,
+        "ratio_iteration_by_K": {K: m["iteration"] / mg["iteration"] for K, m in med_K.items()},
+        "ratio_update_by_K": {K: m["update"] / mg["update"] for K, m in med_K.items()},
         "goal_ratio_iteration": 0.4,
         "goal_met": mf["iteration"] / mg["iteration"] <= 0.4,
         "memory": {"method": "growth of the peak resident set size (VmHWM, reset through /proc/self/clear_refs) above the RSS before "
