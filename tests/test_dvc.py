@@ -30,3 +30,31 @@ def test_stage_params_exist():
         for p in st.get("params", []):
             key = p if isinstance(p, str) else next(iter(p))
             assert key.split(".")[0] in params, f"stage {name} reads params `{key}` missing from params.yaml"
+
+
+def _variant_config(args: str):
+    "The RLConfig a params.yaml `rl_variants` entry's `args` describe (preset + --set overrides)."
+    import shlex
+    from maskfocus.config import make_config
+    from maskfocus.trainer import parse_sets
+    words, preset, sets = shlex.split(args), "maskfocus", []
+    for flag, value in zip(words[::2], words[1::2]):
+        assert flag in ("--preset", "--set"), f"unexpected argument {flag} in {args!r}"
+        if flag == "--preset": preset = value
+        else: sets.append(value)
+    return make_config(preset, parse_sets(sets))
+
+
+def test_tiny_variants_mirror_the_pipeline():
+    "maskfocus.experiments.TINY_VARIANTS (the notebooks' tiny defaults) describe the same runs as params.yaml."
+    from maskfocus.config import make_config
+    from maskfocus.experiments import TINY_VARIANTS
+    params = yaml.safe_load((ROOT/"params.yaml").read_text())
+    pipeline = {**{p: f"--preset {p}" for p in yaml.safe_load((ROOT/"dvc.yaml").read_text())["stages"]["rl"]["matrix"]["preset"]},
+                **{k: v["args"] for k, v in params["rl_variants"].items()}}
+    assert set(TINY_VARIANTS) == set(pipeline)
+    scale_only = {"clip_model", "frac"}  # tiny runs build their own CLIP; at N = 4 the tiny early window is 50 % (documented)
+    for name, args in pipeline.items():
+        want, got = _variant_config(args).to_dict(), make_config(*TINY_VARIANTS[name]).to_dict()
+        diff = {k for k in want if want[k] != got[k]} - scale_only
+        assert not diff, f"{name}: TINY_VARIANTS differs from params.yaml in {sorted(diff)}"
