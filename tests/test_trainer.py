@@ -194,3 +194,20 @@ def test_pipeline_stage_flags(base, tmp_path):
     assert json.loads((tmp_path/"r"/"train_summary.json").read_text())["config"]["lr"] == 0.002
     ck = list_checkpoints(tmp_path/"o"/"run")
     assert [c.name for c in ck][-1] == "step_0000002" and json.loads((ck[-1]/"state.json").read_text())["extra"]["config"]["lr"] == 0.002
+
+
+def test_reward_from_a_server(base, metas, tmp_path):
+    "Paper-scale rewards run as services: `reward_servers` names a URL that `reward` then weights; reward_monitor none skips the toy judge."
+    from maskfocus.rewards import serve_reward
+    server, url = serve_reward(Redness())
+    try:
+        cfg = make_config("maskfocus", {**TINY, "iterations": 1, "reward": {"red": 1.0}, "reward_servers.red": url, "reward_monitor": "none"})
+        s = trainer.train(cfg, base, tmp_path/"o", prompts=metas, progress=False)
+    finally:
+        server.shutdown(); server.server_close()
+    h = s["history"][-1]
+    assert "reward/red/mean" in h and 0 <= h["reward/red/mean"] <= 1
+    assert not any(k.startswith("judge/") for k in h), "no toy-judge monitor at reward_monitor none"
+    stopped = make_config("maskfocus", {**TINY, "iterations": 1, "reward": {"red": 1.0}, "reward_servers.red": url, "reward_timeout": 5})
+    with pytest.raises(Exception, match=url.rstrip("/")):  # the server is gone: the error names it
+        trainer.train(stopped, base, tmp_path/"p", prompts=metas, progress=False)
