@@ -198,7 +198,7 @@ def test_pipeline_stage_flags(base, tmp_path):
 
 def test_reward_from_a_server(base, metas, tmp_path):
     "Paper-scale rewards run as services: `reward_servers` names a URL that `reward` then weights; reward_monitor none skips the toy judge."
-    from maskfocus.rewards import serve_reward
+    from maskfocus.rewards import RewardServerError, serve_reward
     server, url = serve_reward(Redness())
     try:
         cfg = make_config("maskfocus", {**TINY, "iterations": 1, "reward": {"red": 1.0}, "reward_servers.red": url, "reward_monitor": "none"})
@@ -209,5 +209,5 @@ def test_reward_from_a_server(base, metas, tmp_path):
     assert "reward/red/mean" in h and 0 <= h["reward/red/mean"] <= 1
     assert not any(k.startswith("judge/") for k in h), "no toy-judge monitor at reward_monitor none"
     stopped = make_config("maskfocus", {**TINY, "iterations": 1, "reward": {"red": 1.0}, "reward_servers.red": url, "reward_timeout": 5})
-    with pytest.raises(Exception, match=url.rstrip("/")):  # the server is gone: the error names it
+    with pytest.raises(RewardServerError, match=url.rstrip("/")):  # the server is gone: the error names it
         trainer.train(stopped, base, tmp_path/"p", prompts=metas, progress=False)
