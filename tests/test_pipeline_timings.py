@@ -1,0 +1,38 @@
+"scripts/pipeline_timings.py: stage times come from the timestamped log, not from hand."
+import json, subprocess, sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LOG = """100 test -x .venv/bin/python || python3 -m venv .venv
+160 touch .venv/.installed
+161 Running stage 'train_clip':
+171 Updating lock file 'dvc.lock'
+172 Running stage 'judge_groundtruth':
+175 Stage 'eval_base' didn't change, skipping
+176 started rl@a-0
+177 started rl@b-0
+300 done rl@a-0 in 124.0 s (committed)
+310 done rl@b-0 in 133.5 s (committed)
+311 Running stage 'fig2a':
+340 ERROR: failed to reproduce 'x'
+"""
+
+
+def test_stage_times_from_a_log(tmp_path):
+    (tmp_path/"r.log").write_text(LOG + "no timestamp here\n")
+    out = tmp_path/"t.json"
+    r = subprocess.run([sys.executable, str(ROOT/"scripts"/"pipeline_timings.py"), str(tmp_path/"r.log"), "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())["logs"][0]
+    assert d["dvc_stages_s"] == {"train_clip": 10, "judge_groundtruth": 3, "fig2a": 29}  # judge: no lock update, ends at the next line
+    assert d["parallel_stages_s"] == {"rl@a-0": 124.0, "rl@b-0": 133.5} and d["parallel_span_s"] == 310 - 176
+    assert d["venv_setup_s"] == 60 and d["span_s"] == 240
+
+
+def test_untimestamped_log_is_refused(tmp_path):
+    (tmp_path/"r.log").write_text("Running stage 'x':\n")
+    r = subprocess.run([sys.executable, str(ROOT/"scripts"/"pipeline_timings.py"), str(tmp_path/"r.log"), "--out", str(tmp_path/"t.json")],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "no timestamped lines" in r.stderr and not (tmp_path/"t.json").exists()
