@@ -58,3 +58,13 @@ def test_tiny_variants_mirror_the_pipeline():
         want, got = _variant_config(args).to_dict(), make_config(*TINY_VARIANTS[name]).to_dict()
         diff = {k for k in want if want[k] != got[k]} - scale_only
         assert not diff, f"{name}: TINY_VARIANTS differs from params.yaml in {sorted(diff)}"
+
+
+def test_sweep_seeds_repeat_their_entry():
+    "Each rl_sweep_seeds run repeats an rl_sweep entry's arguments at another seed, and the key says which."
+    params = yaml.safe_load((ROOT/"params.yaml").read_text())
+    sweep, seeded = params["rl_sweep"], params["rl_sweep_seeds"]
+    for key, run in seeded.items():
+        assert run["entry"] in sweep, f"rl_sweep_seeds.{key}: no rl_sweep entry {run['entry']!r}"
+        assert run["args"] == sweep[run["entry"]], f"rl_sweep_seeds.{key}: args differ from rl_sweep.{run['entry']}"
+        assert run["seed"] != 0 and key == f"{run['entry']}-s{run['seed']}", f"rl_sweep_seeds.{key}: key must be ENTRY-sSEED, seed 0 is rl_sweep's"
