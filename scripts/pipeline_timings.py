@@ -9,6 +9,11 @@ A `dvc repro` stage runs from its "Running stage 'X':" line to the next line of 
 (lock update, next stage, skipped stage, error, next command); an RL stage run
 by scripts/repro_parallel.py reports its own time ("done rl@... in N s"). Several logs (e.g. a run finished by a
 second command) add up. Only the numbers in the logs are used.
+
+An RL stage trains and then evaluates on the test split. With `--lock dvc.lock` (the run's lock file), each such
+stage's evaluation time (the `wall_s` of every setting in the `eval.json` among its outputs, which the evaluator
+measures itself) is subtracted from the stage's time: `train_s` is the training run's wall time from start-up to
+the last checkpoint, plus the evaluator's start-up (a few seconds of model loading).
 """
 from __future__ import annotations
 import argparse, json, re, sys
@@ -44,13 +49,32 @@ def parse(path: Path) -> dict:
     return out
 
 
+def eval_seconds(lock: Path) -> dict[str, float]:
+    "Per stage of a dvc.lock: the summed `wall_s` of the eval.json in its outputs (stages without one are left out)."
+    import yaml
+    stages = yaml.safe_load(lock.read_text())["stages"]
+    out = {}
+    for name, st in stages.items():
+        for o in st.get("outs", []):
+            f = lock.parent/o["path"]/"eval.json"
+            if f.is_file():
+                out[name] = sum(float(v["wall_s"]) for v in json.loads(f.read_text()).values() if isinstance(v, dict) and "wall_s" in v)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("logs", nargs="+", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--note", default="", help="free text stored with the numbers (how the run was made)")
+    p.add_argument("--lock", type=Path, default=None, help="the run's dvc.lock: split the RL stages' time into training and evaluation")
     a = p.parse_args(argv)
     parts = [parse(l) for l in a.logs]
+    if a.lock:
+        ev = eval_seconds(a.lock)
+        for x in parts:
+            if "parallel_stages_s" in x:
+                x["rl_split_s"] = {n: {"eval_s": ev[n], "train_s": round(t - ev[n], 1)} for n, t in x["parallel_stages_s"].items() if n in ev}
     res = {"note": a.note, "total_s": sum(x["span_s"] for x in parts), "logs": parts}
     write_json_atomic(a.out, res)
     print(json.dumps({"total_s": res["total_s"], **{x["log"]: x["dvc_stages_s"] for x in parts}}))

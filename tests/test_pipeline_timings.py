@@ -36,3 +36,17 @@ def test_untimestamped_log_is_refused(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT/"scripts"/"pipeline_timings.py"), str(tmp_path/"r.log"), "--out", str(tmp_path/"t.json")],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "no timestamped lines" in r.stderr and not (tmp_path/"t.json").exists()
+
+
+def test_rl_stage_time_split_by_the_lock(tmp_path):
+    "--lock: an RL stage's time minus the wall_s of the eval.json in its outputs is its training time."
+    (tmp_path/"r.log").write_text(LOG)
+    (tmp_path/"results"/"a").mkdir(parents=True)
+    (tmp_path/"results"/"a"/"eval.json").write_text(json.dumps({"N=16,cfg=3": {"overall": 0.5, "wall_s": 20.5}, "N=8,cfg=3": {"wall_s": 3.5}}))
+    (tmp_path/"dvc.lock").write_text("schema: '2.0'\nstages:\n  rl@a-0:\n    outs:\n    - path: work/a\n    - path: results/a\n"
+                                     "  rl@b-0:\n    outs:\n    - path: results/b\n")
+    out = tmp_path/"t.json"
+    r = subprocess.run([sys.executable, str(ROOT/"scripts"/"pipeline_timings.py"), str(tmp_path/"r.log"), "--out", str(out),
+                        "--lock", str(tmp_path/"dvc.lock")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["logs"][0]["rl_split_s"] == {"rl@a-0": {"eval_s": 24.0, "train_s": 100.0}}  # b has no eval.json
