@@ -60,11 +60,24 @@ def test_tiny_variants_mirror_the_pipeline():
         assert not diff, f"{name}: TINY_VARIANTS differs from params.yaml in {sorted(diff)}"
 
 
+
 def test_sweep_seeds_repeat_their_entry():
-    "Each rl_sweep_seeds run repeats an rl_sweep entry's arguments at another seed, and the key says which."
-    params = yaml.safe_load((ROOT/"params.yaml").read_text())
-    sweep, seeded = params["rl_sweep"], params["rl_sweep_seeds"]
-    for key, run in seeded.items():
-        assert run["entry"] in sweep, f"rl_sweep_seeds.{key}: no rl_sweep entry {run['entry']!r}"
-        assert run["args"] == sweep[run["entry"]], f"rl_sweep_seeds.{key}: args differ from rl_sweep.{run['entry']}"
-        assert run["seed"] != 0 and key == f"{run['entry']}-s{run['seed']}", f"rl_sweep_seeds.{key}: key must be ENTRY-sSEED, seed 0 is rl_sweep's"
+    "Each rl_sweep entry names its seed once; `<entry>-s<n>` repeats `<entry>` (a seed-0 entry) at seed n and changes nothing else."
+    import re, shlex
+    sweep = yaml.safe_load((ROOT/"params.yaml").read_text())["rl_sweep"]
+    def seed_and_rest(key):
+        words = shlex.split(sweep[key])
+        assert words.count("--seed") == 1, f"rl_sweep.{key} must name its seed exactly once: {sweep[key]!r}"
+        i = words.index("--seed")
+        return int(words[i + 1]), words[:i] + words[i + 2:]
+    repeats = 0
+    for key in sweep:
+        seed, rest = seed_and_rest(key)
+        if m := re.fullmatch(r"(.+)-s(\d+)", key):
+            assert m[1] in sweep, f"rl_sweep.{key}: no entry {m[1]!r} to repeat"
+            assert seed == int(m[2]) != 0, f"rl_sweep.{key}: the key says seed {m[2]}, the arguments {seed}"
+            assert rest == seed_and_rest(m[1])[1], f"rl_sweep.{key}: arguments differ from rl_sweep.{m[1]} beyond the seed"
+            repeats += 1
+        else:
+            assert seed == 0, f"rl_sweep.{key}: an entry without -s<n> runs seed 0"
+    assert repeats, "no entry is repeated at another seed"
