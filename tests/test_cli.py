@@ -120,3 +120,27 @@ def test_sample_missing_model_is_one_clear_error(tmp_path, run_cli):
     r = run_cli("sample", "--model", tmp_path/"nope", "--metadata", meta, "--out", tmp_path/"gen")
     assert r.returncode == 2 and r.stderr.strip() == f"error: {tmp_path/'nope'}: model folder not found"
     assert not (tmp_path/"gen").exists()
+
+
+def test_evaluate_per_tag_balances_an_unequal_prompt_file(tmp_path, run_cli):
+    "`maskfocus evaluate --per-tag N`: every tag gets ceil(N / its prompts) images per prompt, recorded in eval.json."
+    from maskfocus.pipeline import toy_pipeline
+    toy_pipeline(dim=32, heads=2, layers=1, single_layers=1, text_dim=32, text_layers=1).save(tmp_path/"model")
+    rows = [json.loads(l) for l in TEST_SPLIT.read_text().splitlines()]
+    by_tag = {}
+    for r in rows: by_tag.setdefault(r["tag"], []).append(r)
+    pick = by_tag["colors"][:3] + by_tag["position"][:1]  # 3 prompts of one tag, 1 of another
+    meta = tmp_path/"meta.jsonl"; meta.write_text("".join(json.dumps(r) + "\n" for r in pick))
+    r = run_cli("evaluate", "--model", tmp_path/"model", "--metadata", meta, "--out", tmp_path/"ev", "--per-tag", 4,
+                "--steps", 2, "--batch", 5)
+    assert r.returncode == 0, r.stderr
+    ev = json.loads((tmp_path/"ev"/"eval.json").read_text())["N=2,cfg=3"]
+    assert ev["settings"]["per_tag"] == 4 and "per_prompt" not in ev["settings"]
+    res = [json.loads(l) for l in (tmp_path/"ev"/"results"/"N=2,cfg=3.jsonl").read_text().splitlines()]
+    per_prompt = {}
+    for x in res: per_prompt[x["filename"].split("/")[0]] = per_prompt.get(x["filename"].split("/")[0], 0) + 1
+    assert per_prompt == {"00000": 2, "00001": 2, "00002": 2, "00003": 4}  # colors: ceil(4/3) = 2 each; position: 4
+    assert ev["images"] == 10
+    r = run_cli("evaluate", "--model", tmp_path/"model", "--metadata", meta, "--out", tmp_path/"ev0", "--per-tag", 0)
+    assert r.returncode == 2 and r.stderr.strip() == "error: field '--per-tag': --per-tag must be an int >= 1, got 0", r.stderr
+    assert not (tmp_path/"ev0").exists()
