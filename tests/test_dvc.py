@@ -81,3 +81,16 @@ def test_sweep_seeds_repeat_their_entry():
         else:
             assert seed == 0, f"rl_sweep.{key}: an entry without -s<n> runs seed 0"
     assert repeats, "no entry is repeated at another seed"
+
+
+def test_sweep_report_shows_every_entry_and_scores_like_the_base():
+    "rl_sweep_report lists every seed-0 rl_sweep entry, and the sweep and its base reference use one evaluation protocol."
+    import re
+    stages = yaml.safe_load((ROOT/"dvc.yaml").read_text())["stages"]
+    sweep = yaml.safe_load((ROOT/"params.yaml").read_text())["rl_sweep"]
+    cmd = stages["rl_sweep_report"]["cmd"]
+    listed = re.search(r"entries: \[([^\]]*)\]", cmd)[1].replace("\n", " ").split(", ")
+    assert sorted(e.strip() for e in listed) == sorted(k for k in sweep if not re.fullmatch(r".+-s\d+", k))
+    proto = lambda c: re.search(r"--steps \S+ --cfg \S+\s+--per-tag \S+ --seed \S+", c)[0].split()
+    assert proto(stages["rl_sweep"]["do"]["cmd"]) == proto(stages["eval_base_train"]["cmd"])
+    assert "sweep_eval" in stages["rl_sweep"]["do"]["params"] and "sweep_eval" in stages["eval_base_train"]["params"]
