@@ -1,5 +1,6 @@
 "The installed `maskfocus` command: render -> judge round trip, summary on the last line, clear errors, nothing half-written."
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -137,10 +138,9 @@ def test_evaluate_per_tag_balances_an_unequal_prompt_file(tmp_path, run_cli):
     ev = json.loads((tmp_path/"ev"/"eval.json").read_text())["N=2,cfg=3"]
     assert ev["settings"]["per_tag"] == 4 and "per_prompt" not in ev["settings"]
     res = [json.loads(l) for l in (tmp_path/"ev"/"results"/"N=2,cfg=3.jsonl").read_text().splitlines()]
-    per_prompt = {}
-    for x in res: per_prompt[x["filename"].split("/")[0]] = per_prompt.get(x["filename"].split("/")[0], 0) + 1
+    per_prompt = Counter(x["filename"].split("/")[0] for x in res)
     assert per_prompt == {"00000": 2, "00001": 2, "00002": 2, "00003": 4}  # colors: ceil(4/3) = 2 each; position: 4
     assert ev["images"] == 10
     r = run_cli("evaluate", "--model", tmp_path/"model", "--metadata", meta, "--out", tmp_path/"ev0", "--per-tag", 0)
-    assert r.returncode == 2 and r.stderr.strip() == "error: field '--per-tag': --per-tag must be an int >= 1, got 0", r.stderr
+    assert r.returncode == 2 and r.stderr.strip() == "error: field 'per_tag': per_tag must be an int >= 1, got 0", r.stderr
     assert not (tmp_path/"ev0").exists()
