@@ -459,13 +459,16 @@ def experiment_inputs(runs_dir: str | os.PathLike,  # folder of `<variant>-s<see
                       variants: Sequence[str],  # the variants the notebook reads (tiny runs: keys of TINY_VARIANTS)
                       seeds: Sequence[int] = (0, 1),  # seeds of the tiny runs
                       evaluate: bool = True,  # tiny runs: evaluate the final models
-                      ) -> dict:  # {"runs_dir": Path, "base_eval": Path | None, "tiny": bool}
-    "The runs and base evaluation a notebook reads: the given ones, or tiny real runs of its variants."
+                      setting: str = "",  # the evaluation setting's label in eval.json (`N=16,cfg=3`); "" = the tiny runs' (given runs need one)
+                      ) -> dict:  # {"runs_dir": Path, "base_eval": Path | None, "setting": str, "tiny": bool}
+    "The runs, base evaluation and evaluation setting a notebook reads: the given ones, or tiny real runs of its variants."
     if str(runs_dir):
-        return {"runs_dir": resolve(runs_dir), "base_eval": resolve(base_eval) if str(base_eval) else None, "tiny": False}
+        if not setting: raise InputError("given runs need the evaluation setting, its label in eval.json (e.g. N=16,cfg=3)", field="setting")
+        return {"runs_dir": resolve(runs_dir), "base_eval": resolve(base_eval) if str(base_eval) else None, "setting": setting, "tiny": False}
     unknown = [v for v in variants if v not in TINY_VARIANTS]
     if unknown: raise InputError(f"no tiny definition of {', '.join(unknown)} (known: {', '.join(TINY_VARIANTS)})", field="variants")
     tmp = tempfile.mkdtemp(prefix="maskfocus-tiny-runs-")
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # removed when the kernel exits
     t = tiny_runs(tmp, {v: TINY_VARIANTS[v] for v in variants}, seeds, evaluate=evaluate)
-    return {"runs_dir": t["runs_dir"], "base_eval": resolve(base_eval) if str(base_eval) else (t["base_eval"] if evaluate else None), "tiny": True}
+    return {"runs_dir": t["runs_dir"], "base_eval": resolve(base_eval) if str(base_eval) else (t["base_eval"] if evaluate else None),
+            "setting": setting or t["setting"], "tiny": True}
