@@ -1,8 +1,9 @@
 """Notebook hygiene: papermill `parameters` cells survive nbdev-clean; experiment notebooks have exactly one, and papermill reads every
 parameter in it."""
-import json, shutil, subprocess, sys
+import json, re, shutil, subprocess, sys
 from pathlib import Path
 
+import papermill
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +23,6 @@ def test_experiment_notebook_has_one_parameters_cell(nb):
 
 def assignments(nb_path) -> list[str]:
     "Names assigned at the start of a line of the notebook's parameters cell."
-    import re
     nb = json.loads(Path(nb_path).read_text())
     src = next("".join(c["source"]) for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
     return re.findall(r"^(\w+)\s*=", src, re.M)
@@ -30,8 +30,8 @@ def assignments(nb_path) -> list[str]:
 
 @pytest.mark.parametrize("nb", EXPERIMENTS, ids=[p.name for p in EXPERIMENTS])
 def test_papermill_reads_every_parameter(nb):
-    "papermill parses each line of the parameters cell; a line it cannot parse (an `=` inside the line's value or comment) makes it\n    warn `Passed unknown parameter` when the pipeline passes that name (the value is still set, but the warning hides real typos)."
-    import papermill
+    """papermill parses each line of the parameters cell; a line it cannot parse (an `=` inside the line's value or comment) makes it
+    warn `Passed unknown parameter` when the pipeline passes that name (the value is still set, but the warning hides real typos)."""
     seen = set(papermill.inspect_notebook(str(nb)))
     assert seen == set(assignments(nb)), f"{nb.relative_to(ROOT)}: papermill cannot parse {sorted(set(assignments(nb)) - seen)}"
 
@@ -39,7 +39,6 @@ def test_papermill_reads_every_parameter(nb):
 def test_papermill_parameter_check_sees_an_equals_sign(tmp_path):
     nb = _notebook(["parameters"]); nb["cells"][0]["source"] = ['steps = 2\n', 'setting = "N=4,cfg=3"  # label\n']
     p = tmp_path/"eq.ipynb"; p.write_text(json.dumps(nb))
-    import papermill
     assert assignments(p) == ["steps", "setting"] and set(papermill.inspect_notebook(str(p))) == {"steps"}
 
 

@@ -1,0 +1,91 @@
+"""The README's pipeline-time and compute numbers are the ones the committed results hold (results/pipeline_timings.json,
+results/compute_table/compute.json, the runs' dvclive timers): a re-measurement that forgets the README fails here."""
+import csv, json, re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT/"README.md").read_text()
+TIMINGS, COMPUTE = ROOT/"results"/"pipeline_timings.json", ROOT/"results"/"compute_table"/"compute.json"
+pytestmark = pytest.mark.skipif(not (TIMINGS.is_file() and COMPUTE.is_file()), reason="no committed pipeline results")
+
+
+def flat(text: str) -> str:
+    "The README with line breaks folded into spaces, so a phrase split over two lines still matches."
+    return re.sub(r"\s*\n\s*", " ", text)
+
+
+def span(values) -> str:
+    "`a–b` of whole seconds, as the README writes a range."
+    values = list(values)
+    return f"{min(values):.0f}–{max(values):.0f}"
+
+
+def test_fresh_clone_times_match_the_timings_file():
+    t = json.loads(TIMINGS.read_text())
+    log = t["logs"][0]
+    commit = re.search(r"commit (\w{7})", t["note"])[1]
+    text = flat(README)
+    rl = log["rl_split_s"]
+    maskfocus_train = [v["train_s"] for k, v in rl.items() if re.fullmatch(r"rl@maskfocus-\d+", k)]
+    for phrase in (f"at commit {commit}", f"**{t['total_s'] / 60:.1f} min ({t['total_s']} s)**", f"`.venv` setup {log['venv_setup_s']} s",
+                   f"`train_clip` {log['dvc_stages_s']['train_clip']} s", f"`pretrain` {log['dvc_stages_s']['pretrain']} s",
+                   f"`judge_groundtruth` {log['dvc_stages_s']['judge_groundtruth']} s",
+                   f"the 24 RL stages two at a time {log['parallel_span_s'] / 60:.1f} min", f"fig6 {log['dvc_stages_s']['fig6']} s",
+                   f"test evaluation is {span(v['eval_s'] for v in rl.values())} s of each",
+                   f"training a maskfocus run {span(maskfocus_train)} s", f"Each `maskfocus` run trains in {span(maskfocus_train)} s"):
+        assert phrase in text, f"README lacks {phrase!r} (from {TIMINGS.relative_to(ROOT)})"
+    assert f"in {t['total_s'] / 60:.1f} min |" in README, "the status table's make-repro time"
+
+
+def test_compute_paragraph_matches_the_compute_table():
+    rows = json.loads(COMPUTE.read_text())["rows"]
+    it = {m: rows[m]["iteration"] for m in ("maskfocus", "maskfocus_no_css", "maskfocus_no_dr", "maskgrpo", "mask_grpo")}
+    text = flat(README)
+    phrase = (f"seconds per iteration maskfocus {it['maskfocus']['mean']:.2f} ± {it['maskfocus']['std']:.2f}, "
+              f"w/o CSS {it['maskfocus_no_css']['mean']:.2f}, w/o DR {it['maskfocus_no_dr']['mean']:.2f}, "
+              f"maskgrpo {it['maskgrpo']['mean']:.2f}, mask_grpo {it['mask_grpo']['mean']:.2f}")
+    assert phrase in text, f"README lacks {phrase!r}"
+    r = rows["maskfocus"]
+    assert f"maskfocus / mask_grpo is {r['iter_ratio']:.2f} for the whole iteration (update alone {r['update_ratio']:.2f}" in text
+    dr = f"{rows['maskfocus']['rollout']['mean']:.2f} vs {rows['maskfocus_no_dr']['rollout']['mean']:.2f} s"
+    assert dr in text, f"README lacks the DR rollout comparison {dr!r}"
+
+
+def test_iteration_time_sums_match_the_runs():
+    "The README's '<a>–<b> s are the 60 iterations themselves' is the range of the maskfocus runs' summed time/iteration."
+    sums = []
+    for f in sorted((ROOT/"results"/"rl").glob("maskfocus-s*/dvclive/plots/metrics/time/iteration.tsv")):
+        rows = list(csv.DictReader(f.open(), delimiter="\t"))
+        key = next(c for c in rows[0] if c not in ("step", "timestamp"))
+        sums.append(sum(float(r[key]) for r in rows))
+    if not sums: pytest.skip("no maskfocus run curves")
+    assert f"of which {span(sums)} s are the 60 iterations themselves" in flat(README)
+
+
+def signed(x: float) -> str:
+    "`+0.094` / `−0.010` (the README's minus sign)."
+    return f"{x:+.3f}".replace("-", "−")
+
+
+def test_sweep_tables_match_the_sweep_report():
+    "Every entry of the sweep report has its README row with the report's overall score and gain; every 3-seed row its seeds and mean ± std."
+    f = ROOT/"results"/"rl_sweep_report"
+    if not (f/"sweep.json").is_file(): pytest.skip("no sweep report")
+    rows = json.loads((f/"sweep.json").read_text())["rows"]
+    assert f"| base | — | {rows['base']['overall']:.3f} | — |" in README
+    for k, r in rows.items():
+        if k == "base": continue
+        row = rf"^\| {re.escape(k)} \| [^|\n]+ \| {r['overall']:.3f} \| {re.escape(signed(r['delta']))} \|"
+        assert re.search(row, README, re.M), f"README's sweep table: no row {k} with {r['overall']:.3f} / {signed(r['delta'])}"
+    for k, r in json.loads((f/"sweep_seeds.json").read_text())["rows"].items():
+        cells = f"| {r['seed 0']:.3f} | {r['seed 1']:.3f} | {r['seed 2']:.3f} | {r['overall']['mean']:.3f} ± {r['overall']['std']:.3f} |"
+        assert re.search(rf"^\| {re.escape(k)} \([^\n]*\) {re.escape(cells)}$", README, re.M), f"README's 3-seed table: row {k} should end {cells}"
+
+
+def test_headline_gain_matches_table_numbers():
+    "The status table's MaskFocus gain over the base, mean ± std over its seeds, is the compute table's."
+    r = json.loads(COMPUTE.read_text())["rows"]["maskfocus"]
+    phrase = f"MaskFocus +{r['gain']:.3f} ± {r['accuracy']['std']:.3f} on the test split ({r['n']} seeds)"
+    assert phrase in flat(README), f"README lacks {phrase!r}"
