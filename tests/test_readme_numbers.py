@@ -1,5 +1,6 @@
-"""The README's pipeline-time and compute numbers are the ones the committed results hold (results/pipeline_timings.json,
-results/compute_table/compute.json, the runs' dvclive timers): a re-measurement that forgets the README fails here."""
+"""The README's pipeline-time, compute, sweep and table numbers are the ones the committed results hold
+(results/pipeline_timings.json, results/compute_table/compute.json, the runs' dvclive timers and eval.json, the sweep
+report, Tables 1 and 3): a re-measurement that forgets the README fails here."""
 import csv, json, re
 from pathlib import Path
 
@@ -89,3 +90,36 @@ def test_headline_gain_matches_table_numbers():
     r = json.loads(COMPUTE.read_text())["rows"]["maskfocus"]
     phrase = f"MaskFocus +{r['gain']:.3f} ± {r['accuracy']['std']:.3f} on the test split ({r['n']} seeds)"
     assert phrase in flat(README), f"README lacks {phrase!r}"
+
+
+TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+
+
+def cell(v: dict) -> str:
+    "A table cell as the reports write it: `mean ± std` over seeds, the bare mean for one evaluation."
+    return f"{v['mean']:.3f}" if v["n"] == 1 else f"{v['mean']:.3f} ± {v['std']:.3f}"
+
+
+def test_table1_and_table3_rows_match_the_reports():
+    "README's Table 1 rows (every tag and overall) and Table 3 rows (overall, position, color_attr) are the reports' numbers."
+    t1, t3 = (ROOT/"results"/d/f for d, f in (("table1_geneval", "table1.json"), ("table3_ablation", "table3.json")))
+    if not (t1.is_file() and t3.is_file()): pytest.skip("no table reports")
+    rows = json.loads(t1.read_text())["rows"]
+    for run in ("base", "mask_grpo", "maskgrpo", "maskfocus"):
+        r = rows[f"{run} (toy)"]
+        line = f"| {run} | " + " | ".join(cell(r[t]) for t in TAGS) + f" | {cell(r['overall'])} |"
+        assert line in README, f"README's Table 1 lacks {line!r}"
+    rows = json.loads(t3.read_text())["rows"]
+    for run, label in (("maskfocus", "maskfocus"), ("maskfocus_no_css", "w/o CSS (K steps at random in the first 40 %)"),
+                       ("maskfocus_no_dr", "w/o DR sampling"), ("base", "base")):
+        r = rows[f"{run} (toy)"]
+        line = f"| {label} | {cell(r['overall'])} | {cell(r['position'])} | {cell(r['color_attr'])} |"
+        assert line in README, f"README's Table 3 lacks {line!r}"
+
+
+def test_maskfocus_seeds_match_their_evaluations():
+    "The per-seed test accuracies the README quotes for `maskfocus` are the runs' own eval.json."
+    evals = sorted((ROOT/"results"/"rl").glob("maskfocus-s*/eval.json"))
+    if not evals: pytest.skip("no maskfocus runs")
+    seeds = " / ".join(f"{json.loads(f.read_text())['N=16,cfg=3']['overall']:.3f}" for f in evals)
+    assert f"`maskfocus` reaches {seeds} on the test split" in flat(README), f"README lacks the seeds {seeds}"
