@@ -226,11 +226,12 @@ def train(cfg: RLConfig,  # the run's configuration (a preset + overrides, see m
           ) -> dict:
     "Train the pipeline's transformer with GRPO as configured; resumable exactly; returns a summary of this call."
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, gather_object
+    from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
     from tqdm.auto import tqdm
     t_start = time.perf_counter()
     acc = Accelerator(cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
     W, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
+    set_seed(cfg.seed, device_specific=True)  # the global RNGs (the trainer draws from its own generators): identical runs save identical checkpoints; a resume restores them
     out = Path(out); run_dir = out/"run"
     live_dir = Path(report)/"dvclive" if report is not None else run_dir/"dvclive"
     if resume not in (True, False, "auto"): raise InputError(f"resume must be True, False or 'auto', got {resume!r}", field="resume")

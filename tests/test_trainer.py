@@ -62,7 +62,9 @@ def same_weights(a: Path, b: Path) -> bool:
 def test_exact_resume(base, metas, tmp_path):
     "4 iterations == 2 iterations + resume (from a fresh process state) + 2 iterations, bit for bit, on CPU."
     cfg = make_config("maskfocus", {**TINY, "iterations": 4, "checkpoint_every": 2})
+    torch.manual_seed(1); np.random.seed(1); random.seed(1)
     straight = run(cfg, base, tmp_path/"a", metas)
+    torch.manual_seed(2); np.random.seed(2); random.seed(2)  # two processes start from different global states
     first = run(cfg, base, tmp_path/"b", metas, max_iterations=2)
     assert first["end"] == 2 and first["final"] is None and not (tmp_path/"b"/"final").exists()
     torch.manual_seed(123); np.random.seed(5); random.seed(7)  # a new process would start from other global states
@@ -73,6 +75,9 @@ def test_exact_resume(base, metas, tmp_path):
     assert ca.name == cb.name == "step_0000004"
     oa, ob = load_file(ca/"optimizer.safetensors"), load_file(cb/"optimizer.safetensors")
     assert all(torch.equal(oa[k], ob[k]) for k in oa if k.startswith("state.")), "optimizer moments too"
+    assert all(torch.equal(oa[k], ob[k]) for k in oa if k.startswith("rng.")), "the saved RNG states too (globals seeded by train)"
+    ja, jb = (json.loads((c/"state.json").read_text())["rng"] for c in (ca, cb))
+    assert ja == jb, "python and numpy states too"
     assert [h["reward/mean"] for h in straight["history"][2:]] == [h["reward/mean"] for h in second["history"]]
     assert any(not torch.equal(a, b) for a, b in zip(load_file(base/"transformer"/"diffusion_pytorch_model.safetensors").values(),
                                                      load_file(tmp_path/"a"/WEIGHTS).values())), "training moved the weights"
