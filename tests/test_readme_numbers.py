@@ -123,3 +123,35 @@ def test_maskfocus_seeds_match_their_evaluations():
     if not evals: pytest.skip("no maskfocus runs")
     seeds = " / ".join(f"{json.loads(f.read_text())['N=16,cfg=3']['overall']:.3f}" for f in evals)
     assert f"`maskfocus` reaches {seeds} on the test split" in flat(README), f"README lacks the seeds {seeds}"
+
+
+def test_table2_and_fig5_paragraphs_match_the_reports():
+    "The Table 2 paragraph's CLIP score / judge accuracy pairs and the Fig. 5 paragraph's panel accuracies are the reports' numbers."
+    t2, f5 = ROOT/"results"/"table2_clip_reward"/"table2.json", ROOT/"results"/"fig5_variants"/"fig5.json"
+    if not (t2.is_file() and f5.is_file()): pytest.skip("no Table 2 / Fig. 5 reports")
+    text = flat(README)
+    rows = json.loads(t2.read_text())["rows"]
+    pair = lambda k: f"{rows[k]['clip_score']['mean']:.3f} / {rows[k]['overall']['mean']:.3f}"
+    phrase = (f"base {pair('base (toy)')}, maskgrpo {pair('clip-maskgrpo (toy)')}, maskfocus {pair('clip-maskfocus (toy)')}, "
+              f"mask_grpo {pair('clip-mask_grpo (toy)')}")
+    assert phrase in text, f"README's Table 2 paragraph lacks {phrase!r}"
+    acc = {k: r["accuracy"] for k, r in json.loads(f5.read_text())["rows"].items()}
+    mf, a = cell(acc["maskfocus"]), lambda k: f"{acc[k]['mean']:.3f}"
+    for phrase in (f"critical (maskfocus) {mf}, random over all steps {a('fig5-random_steps')}, first-20 % window "
+                   f"{a('fig5-early_window')}, uniform {a('fig5-uniform')}",
+                   f"DR {acc['maskfocus']['mean']:.3f} vs plain {cell(acc['maskfocus_no_dr'])}",
+                   f"rollout CFG — 1: {a('fig5-cfg1')}, 3: {acc['maskfocus']['mean']:.3f}, 5: {a('fig5-cfg5')}",
+                   f"random re-masking (maskfocus) {acc['maskfocus']['mean']:.3f} vs the trajectory's own mask {a('fig5-trajectory_mask')}"):
+        assert phrase in text, f"README's Fig. 5 paragraph lacks {phrase!r}"
+
+
+def test_fig6_paragraph_matches_its_report():
+    "The Fig. 6 paragraph's accuracies and fixed / broken pair counts are the trajectory report's."
+    f = ROOT/"results"/"fig6"/"fig6_trajectories.json"
+    if not f.is_file(): pytest.skip("no Fig. 6 report")
+    r = json.loads(f.read_text())
+    seeds = [json.loads(e.read_text())["N=16,cfg=3"]["overall"] for e in sorted((ROOT/"results"/"rl").glob("maskfocus-s*/eval.json"))]
+    rank = "strongest" if seeds[0] == max(seeds) else "weakest" if seeds[0] == min(seeds) else "middle"
+    phrase = (f"base {r['accuracy']['base']:.3f} vs `maskfocus` seed 0 (the {rank} seed on the test split) {r['accuracy']['rl']:.3f} "
+              f"({r['fixed_by_rl']} pairs fixed by RL, {r['broken_by_rl']} broken)")
+    assert phrase in flat(README), f"README's Fig. 6 paragraph lacks {phrase!r}"
