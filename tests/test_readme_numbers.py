@@ -117,12 +117,29 @@ def test_table1_and_table3_rows_match_the_reports():
         assert line in README, f"README's Table 3 lacks {line!r}"
 
 
-def test_maskfocus_seeds_match_their_evaluations():
-    "The per-seed test accuracies the README quotes for `maskfocus` are the runs' own eval.json."
+def maskfocus_test_accuracies() -> list[float]:
+    "Overall judge accuracy of each `maskfocus` seed on the test split (its eval.json, the rl_eval protocol), by seed."
     evals = sorted((ROOT/"results"/"rl").glob("maskfocus-s*/eval.json"))
     if not evals: pytest.skip("no maskfocus runs")
-    seeds = " / ".join(f"{json.loads(f.read_text())['N=16,cfg=3']['overall']:.3f}" for f in evals)
+    return [json.loads(f.read_text())["N=16,cfg=3"]["overall"] for f in evals]
+
+
+def test_maskfocus_seeds_match_their_evaluations():
+    "The per-seed test accuracies the README quotes for `maskfocus` are the runs' own eval.json."
+    seeds = " / ".join(f"{a:.3f}" for a in maskfocus_test_accuracies())
     assert f"`maskfocus` reaches {seeds} on the test split" in flat(README), f"README lacks the seeds {seeds}"
+
+
+def test_clip_binding_counts_match_the_runs():
+    "The README's count of updates whose pre-clip gradient norm exceeds params.yaml's rl.grad_clip is the runs' `update/grad_norm`."
+    clip = float(re.search(r"^  grad_clip: ([0-9.]+)", (ROOT/"params.yaml").read_text(), re.M)[1])
+    counts = []
+    for f in sorted((ROOT/"results"/"rl").glob("maskfocus-s*/dvclive/plots/metrics/update/grad_norm.tsv")):
+        rows = list(csv.DictReader(f.open(), delimiter="\t"))
+        counts.append(sum(float(r["grad_norm"]) > clip for r in rows))
+    if not counts: pytest.skip("no maskfocus run curves")
+    phrase = f"exceeds {clip:g} in {' / '.join(map(str, counts))} of the 60 updates"
+    assert phrase in flat(README), f"README lacks {phrase!r}"
 
 
 def test_table2_and_fig5_paragraphs_match_the_reports():
@@ -150,7 +167,7 @@ def test_fig6_paragraph_matches_its_report():
     f = ROOT/"results"/"fig6"/"fig6_trajectories.json"
     if not f.is_file(): pytest.skip("no Fig. 6 report")
     r = json.loads(f.read_text())
-    seeds = [json.loads(e.read_text())["N=16,cfg=3"]["overall"] for e in sorted((ROOT/"results"/"rl").glob("maskfocus-s*/eval.json"))]
+    seeds = maskfocus_test_accuracies()
     rank = "strongest" if seeds[0] == max(seeds) else "weakest" if seeds[0] == min(seeds) else "middle"
     phrase = (f"base {r['accuracy']['base']:.3f} vs `maskfocus` seed 0 (the {rank} seed on the test split) {r['accuracy']['rl']:.3f} "
               f"({r['fixed_by_rl']} pairs fixed by RL, {r['broken_by_rl']} broken)")
