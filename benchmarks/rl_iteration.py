@@ -3,9 +3,9 @@ steps of N = 32, K ~ N/10 as the paper's 6 of 64) against `mask_grpo` (Mask-GRPO
 same rollout (4 prompts x G = 8, N = 32, CFG 3, judge reward), and the peak memory of a `maskfocus` iteration
 against K in {1, 2, 4, 8}, and the iteration time of `maskfocus` at each K in `--time-K` (default 1, 2, 4, 8).
 
-- Model: a random-weights toy pipeline with the toy base model's architecture (`maskfocus.pretrain.PretrainConfig`
+- Model: a random-weights toy pipeline with the toy base model's architecture (`maskfocus.toy.pretrain.PretrainConfig`
   defaults: width 128, 2 + 2 blocks, 8x8 tokens, 73 codes), or `--base FOLDER`. Weights do not change the cost.
-- Time: `maskfocus.trainer.train` with 2 iterations per call; the second iteration's phase times (the trainer's own
+- Time: `maskfocus.rl.trainer.train` with 2 iterations per call; the second iteration's phase times (the trainer's own
   `time/*` metrics: rollout, reward, selection, update) are recorded; calls alternate between the two presets for
   `--rounds` rounds (so load from other processes hits both alike) and medians are compared.
   Goal: ratio maskfocus / mask_grpo <= 0.4 for the whole iteration. The rollout (identical work in both) dominates
@@ -38,8 +38,8 @@ PHASES = ("rollout", "reward", "selection", "update", "iteration")
 
 def make_base(folder: Path) -> Path:
     "A random toy pipeline with the toy base model's architecture."
-    from maskfocus.pipeline import toy_pipeline
-    from maskfocus.pretrain import PretrainConfig
+    from maskfocus.toy.pipeline import toy_pipeline
+    from maskfocus.toy.pretrain import PretrainConfig
     c = PretrainConfig()
     toy_pipeline(c.dim, c.heads, c.layers, c.single_layers, c.text_dim, c.text_layers, c.max_length, 0, c.downsample).save(folder)
     return folder
@@ -47,8 +47,8 @@ def make_base(folder: Path) -> Path:
 
 def one_call(preset: str, base: Path, out: Path, K: int | None = None) -> dict:
     "Run 2 iterations of a preset; the phase times of the second."
-    from maskfocus.config import make_config
-    from maskfocus.trainer import train
+    from maskfocus.rl.config import make_config
+    from maskfocus.rl.trainer import train
     over = dict(COMMON)
     if K is not None: over["K"] = K
     s = train(make_config(preset, over), base, out, progress=False, prompts=str(ROOT/"data"/"prompts"/"train_metadata.jsonl"))
@@ -73,9 +73,9 @@ def _peak_growth(fn) -> float:
 def memory_child(K: int, base: Path, preset: str, probe: bool = False) -> dict:
     "In a fresh process: peak-RSS growth of one train() iteration with K steps, or (probe) of K graphs kept vs not."
     import accelerate, dvclive, tqdm.auto  # noqa: F401  imports are not what is measured
-    from maskfocus.config import make_config
-    from maskfocus.pipeline import MaskedPipeline
-    from maskfocus.trainer import train
+    from maskfocus.rl.config import make_config
+    from maskfocus.models.pipeline import MaskedPipeline
+    from maskfocus.rl.trainer import train
     out = {"K": K, "preset": preset}
     if not probe:
         with tempfile.TemporaryDirectory() as d:

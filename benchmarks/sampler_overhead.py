@@ -1,4 +1,4 @@
-"""How much does `maskfocus.sampler.sample` add on top of the model's own forward passes, and how does it
+"""How much does `maskfocus.models.sampler.sample` add on top of the model's own forward passes, and how does it
 compare with diffusers' `AmusedPipeline` doing the same work?
 
 Two measurements at toy scale (8x8 token map, V = 73, batch 32, N = 16 steps, classifier-free guidance 3,
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from maskfocus.core import write_json_atomic
-from maskfocus.sampler import sample
+from maskfocus.models.sampler import sample
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,7 +148,7 @@ def main(argv=None):
     t_vs = interleaved({"ours": run_ours, "diffusers": run_diffusers}, a.repeats)
 
     res = {
-        "what": "maskfocus.sampler.sample overhead at toy scale (see the script's docstring)",
+        "what": "maskfocus.models.sampler.sample overhead at toy scale (see the script's docstring)",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "settings": dict(batch=B, steps=N, cfg=cfg, grid=[H, W], codebook_size=V, text_tokens=L, repeats=a.repeats,
                          device=str(dev), model_rows_per_step=rows),

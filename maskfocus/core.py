@@ -13,7 +13,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['InputError', 'atomic_write', 'write_text_atomic', 'write_json_atomic', 'atomic_dir', 'repo_root', 'shared_path',
-           'safetensors_file', 'safetensors_dtype', 'seed_everything']
+           'resolve', 'read_params', 'safetensors_file', 'safetensors_dtype', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #5a93cf99
 class InputError(ValueError):
@@ -95,6 +95,37 @@ def shared_path(*parts: str) -> Path | None:  # path inside the shared folder, e
         p = root.joinpath(*parts)
         if p.exists(): return p
     return None
+
+# %% ../nbs/00_core.ipynb #5ba3214e
+def resolve(spec: str):  # "package.module:attribute", e.g. "maskfocus.toy.judge:judge_batch"
+    "The object a `module:attribute` string names, imported on first use."
+    import importlib
+
+    mod, sep, attr = spec.partition(":")
+    if not sep or not mod or not attr:
+        raise InputError(f"expected 'package.module:attribute', got {spec!r}", field="spec")
+    try:
+        obj = importlib.import_module(mod)
+    except ModuleNotFoundError as e:
+        raise InputError(f"cannot import {mod!r} ({e})", field="spec") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise InputError(f"{mod!r} has no attribute {attr!r}", field="spec")
+        obj = getattr(obj, part)
+    return obj
+
+# %% ../nbs/00_core.ipynb #8b4c9ab1
+def read_params(path, section: str) -> dict:  # a YAML file; the top-level key to read
+    "One section of a params YAML file; a missing file or section is an error naming it."
+    import yaml
+
+    path = Path(path)
+    if not path.is_file(): raise InputError("params file not found", file=path)
+    try: d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e: raise InputError(f"malformed YAML ({e.__class__.__name__})", file=path) from None
+    if section not in d: raise InputError(f"no section {section!r} (found: {', '.join(d)})", file=path, field=section)
+    return d[section] or {}
+
 
 # %% ../nbs/00_core.ipynb #5bfa5828
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")

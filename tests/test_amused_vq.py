@@ -1,5 +1,5 @@
-"""Tests of `maskfocus.amused` (aMUSEd's UVit2DModel behind the MaskedImageModel contract) and of
-`maskfocus.tokenizer.VQTokenizer` (diffusers VQModel behind the Tokenizer interface): tiny random models,
+"""Tests of `maskfocus.models.amused` (aMUSEd's UVit2DModel behind the MaskedImageModel contract) and of
+`maskfocus.models.tokenizer.VQTokenizer` (diffusers VQModel behind the Tokenizer interface): tiny random models,
 save/load round trips in the released folder layouts, errors naming the file, and the VQ key manifest."""
 import json
 import math
@@ -8,10 +8,10 @@ import pytest
 import torch
 from diffusers import UVit2DModel, VQModel
 
-from maskfocus.amused import AmusedAdapter, tiny_uvit_config
+from maskfocus.models.amused import AmusedAdapter, tiny_uvit_config
 from maskfocus.core import InputError, shared_path
-from maskfocus.tokenizer import Tokenizer, VQTokenizer, meissonic_vqvae_config, tiny_vqvae_config
-from maskfocus.transformer import MaskedImageModel
+from maskfocus.models.tokenizer import Tokenizer, VQTokenizer, meissonic_vqvae_config, tiny_vqvae_config
+from maskfocus.models.transformer import MaskedImageModel
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 

@@ -100,7 +100,7 @@ def test_prompts_check_passes_on_committed_data(run_cli, tmp_path):
 
 def test_sample_writes_geneval_layout_that_judge_reads(tmp_path, run_cli):
     "`maskfocus sample` on a (random) toy model folder in the released layout, then `maskfocus judge`."
-    from maskfocus.pipeline import toy_pipeline
+    from maskfocus.toy.pipeline import toy_pipeline
     toy_pipeline(dim=32, heads=2, layers=1, single_layers=1, text_dim=32, text_layers=1).save(tmp_path/"model")
     meta = small_metadata(tmp_path, 3)
     r = run_cli("sample", "--model", tmp_path/"model", "--metadata", meta, "--out", tmp_path/"gen", "--per-prompt", 2,
@@ -125,7 +125,7 @@ def test_sample_missing_model_is_one_clear_error(tmp_path, run_cli):
 
 def test_evaluate_per_tag_balances_an_unequal_prompt_file(tmp_path, run_cli):
     "`maskfocus evaluate --per-tag N`: every tag gets ceil(N / its prompts) images per prompt, recorded in eval.json."
-    from maskfocus.pipeline import toy_pipeline
+    from maskfocus.toy.pipeline import toy_pipeline
     toy_pipeline(dim=32, heads=2, layers=1, single_layers=1, text_dim=32, text_layers=1).save(tmp_path/"model")
     rows = [json.loads(l) for l in TEST_SPLIT.read_text().splitlines()]
     by_tag = {}

@@ -1,4 +1,4 @@
-"""Tests of `maskfocus.clip` that do not fit the notebook: save/load round trip, bit-exact resume, checkpoint writes
+"""Tests of `maskfocus.toy.clip` that do not fit the notebook: save/load round trip, bit-exact resume, checkpoint writes
 that crash or are SIGKILLed half-way, and the scorer's input checks. The tiny config keeps every training run to a
 few steps of a few-thousand-parameter ViT (plus the 49408-row token embedding)."""
 import json, os, subprocess, sys, textwrap
@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from maskfocus import world
+from maskfocus.toy import world
 from maskfocus.core import InputError
-from maskfocus.clip import (CKPT_DIR, ClipConfig, ClipScorer, build_clip, evaluate_clip, list_checkpoints, load_checkpoint,
+from maskfocus.toy.clip import (CKPT_DIR, ClipConfig, ClipScorer, build_clip, evaluate_clip, list_checkpoints, load_checkpoint,
                             load_clip, make_optimizer, save_clip, train_clip)
 
 TRAIN = world.make_splits(0)["train"]
@@ -129,8 +129,8 @@ KILLER = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     import safetensors.torch as st
-    from maskfocus import world
-    from maskfocus.clip import ClipConfig, train_clip
+    from maskfocus.toy import world
+    from maskfocus.toy.clip import ClipConfig, train_clip
     cfg = ClipConfig.tiny(**{CFG})
     real = st.save_file
     def dying(tensors, filename, metadata=None):

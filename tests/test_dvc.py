@@ -35,8 +35,8 @@ def test_stage_params_exist():
 def _variant_config(args: str):
     "The RLConfig a params.yaml `rl_variants` entry's `args` describe (preset + --set overrides)."
     import shlex
-    from maskfocus.config import make_config
-    from maskfocus.trainer import parse_sets
+    from maskfocus.rl.config import make_config
+    from maskfocus.rl.trainer import parse_sets
     words, preset, sets = shlex.split(args), "maskfocus", []
     for flag, value in zip(words[::2], words[1::2]):
         assert flag in ("--preset", "--set"), f"unexpected argument {flag} in {args!r}"
@@ -46,9 +46,9 @@ def _variant_config(args: str):
 
 
 def test_tiny_variants_mirror_the_pipeline():
-    "maskfocus.experiments.TINY_VARIANTS (the notebooks' tiny defaults) describe the same runs as params.yaml."
-    from maskfocus.config import make_config
-    from maskfocus.experiments import TINY_VARIANTS
+    "maskfocus.report.experiments.TINY_VARIANTS (the notebooks' tiny defaults) describe the same runs as params.yaml."
+    from maskfocus.rl.config import make_config
+    from maskfocus.report.experiments import TINY_VARIANTS
     params = yaml.safe_load((ROOT/"params.yaml").read_text())
     pipeline = {**{p: f"--preset {p}" for p in yaml.safe_load((ROOT/"dvc.yaml").read_text())["stages"]["rl"]["matrix"]["preset"]},
                 **{k: v["args"] for k, v in params["rl_variants"].items()}}

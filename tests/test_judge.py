@@ -1,4 +1,4 @@
-"""Tests of `maskfocus.judge`: grammar -> metadata -> scene -> judge round trip, folder judging, bad input."""
+"""Tests of `maskfocus.toy.judge`: grammar -> metadata -> scene -> judge round trip, folder judging, bad input."""
 import json
 import shutil
 
@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
-from maskfocus import world
+from maskfocus.toy import world
 from maskfocus.core import InputError
 from maskfocus.geneval import read_results, save_samples, summarize
-from maskfocus.judge import find_objects, judge_batch, judge_folder, judge_image
+from maskfocus.toy.judge import find_objects, judge_batch, judge_folder, judge_image
 
 PROMPTS = world.all_prompts()
 seeds = st.integers(0, 2**32 - 1)

@@ -1,5 +1,5 @@
-"""Cross-module tests of `maskfocus.logprob` and `maskfocus.grpo` on a tiny random toy pipeline: every estimator's
-plan + conditional forward pass on a real trajectory, the step alignment against `maskfocus.css`, trajectory replay
+"""Cross-module tests of `maskfocus.rl.logprob` and `maskfocus.rl.grpo` on a tiny random toy pipeline: every estimator's
+plan + conditional forward pass on a real trajectory, the step alignment against `maskfocus.rl.css`, trajectory replay
 reproducing the rollout's own confidences, and one AdamW step on the GRPO loss that moves every transformer weight."""
 import copy
 import math
@@ -8,13 +8,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from maskfocus.grpo import group_advantages, grpo_loss, k3_kl
-from maskfocus.logprob import (ESTIMATORS, RemaskRandom, RemaskSchedule, StepBatch, TrajectoryMask, TrajectoryReplay,
+from maskfocus.rl.grpo import group_advantages, grpo_loss, k3_kl
+from maskfocus.rl.logprob import (ESTIMATORS, RemaskRandom, RemaskSchedule, StepBatch, TrajectoryMask, TrajectoryReplay,
                                aligned_counts_timesteps, make_estimator, step_logps)
-from maskfocus.pipeline import toy_pipeline
+from maskfocus.toy.pipeline import toy_pipeline
 
 try:  # written by another worker; the hand-made trajectory below stands in when it is absent
-    from maskfocus.rollout import DRConfig, record_trajectory, rollout
+    from maskfocus.rl.rollout import DRConfig, record_trajectory, rollout
 except ImportError:  # pragma: no cover
     rollout = record_trajectory = DRConfig = None
 
@@ -62,7 +62,7 @@ def selection(B):
 
 
 def test_alignment_matches_css(traj):
-    css = pytest.importorskip("maskfocus.css")
+    css = pytest.importorskip("maskfocus.rl.css")
     st = selection(traj.tokens.shape[0]).steps
     for al in ("paper_code", "consistent"):
         c, t = aligned_counts_timesteps(traj, st, al)
@@ -118,7 +118,7 @@ def test_remask_schedule_seed_gives_identical_passes(pipe, traj, cond):
         assert abs(a.score_mask.float().mean().item() - est.ratio(j)) < 0.15
 
 
-@pytest.mark.skipif(record_trajectory is None, reason="maskfocus.rollout not available")
+@pytest.mark.skipif(record_trajectory is None, reason="maskfocus.rl.rollout not available")
 def test_replay_reproduces_rollout_confidence(pipe, cond):
     """Without guidance, Dynamic Routing and Gumbel noise, the replay's conditional pass is the sampling distribution:
     the smallest replayed p(newly unmasked token) at each step is the stored min_kept_conf, and every re-masked

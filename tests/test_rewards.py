@@ -1,4 +1,4 @@
-"""Tests of `maskfocus.rewards`: judge reward kinds, the weighted sum's info, the JSON reward server and its client."""
+"""Tests of `maskfocus.rl.rewards`: judge reward kinds, the weighted sum's info, the JSON reward server and its client."""
 import base64
 import inspect
 import json
@@ -9,10 +9,11 @@ import urllib.request
 import numpy as np
 import pytest
 
-from maskfocus import rewards, world
+from maskfocus.rl import rewards
+from maskfocus.toy import world
 from maskfocus.core import InputError
 from maskfocus.geneval import TAGS
-from maskfocus.rewards import (JudgeReward, RemoteReward, RewardServerError, WeightedReward, encode_images, jsonable,
+from maskfocus.rl.rewards import (JudgeReward, RemoteReward, RewardServerError, WeightedReward, encode_images, jsonable,
                                make_reward, reward_metrics, serve_reward)
 
 O = world.Obj
@@ -123,7 +124,7 @@ def test_monitor_reports_accuracy_without_judge(batch):
 
 def test_make_reward_clip(tmp_path, batch):
     "A CLIP-only spec: lazy loading, raw cosine, and judge accuracy from the monitor."
-    from maskfocus.clip import ClipConfig, build_clip, save_clip
+    from maskfocus.toy.clip import ClipConfig, build_clip, save_clip
     cfg = ClipConfig.tiny()
     folder = save_clip(build_clip(cfg), cfg, tmp_path/"clip")
     images, prompts, metas = batch

@@ -1,4 +1,4 @@
-"""Cross-module tests of `maskfocus.rollout` and `maskfocus.css` on a tiny random toy pipeline: shapes and dtypes,
+"""Cross-module tests of `maskfocus.rl.rollout` and `maskfocus.rl.css` on a tiny random toy pipeline: shapes and dtypes,
 determinism, equivalence with `MaskedPipeline.generate` when Dynamic Routing is off, the exploration fraction
 with it on, and every step-selection strategy on a real rollout."""
 import math
@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from maskfocus.core import InputError
-from maskfocus.css import (STRATEGIES, num_eligible, select_steps, step_similarity, train_mask, train_mask_count,
+from maskfocus.rl.css import (STRATEGIES, num_eligible, select_steps, step_similarity, train_mask, train_mask_count,
                            train_timestep)
-from maskfocus.pipeline import toy_pipeline
-from maskfocus.rollout import DRConfig, Trajectory, rollout, route
-from maskfocus.sampler import mask_schedule
+from maskfocus.toy.pipeline import toy_pipeline
+from maskfocus.rl.rollout import DRConfig, Trajectory, rollout, route
+from maskfocus.models.sampler import mask_schedule
 
 G, N, HW = 4, 8, 64
 PROMPTS = ["a photo of a red circle", "two blue squares"]
@@ -109,7 +109,7 @@ def test_apply_to_all_and_lone_sample(pipe):
 def test_record_replays_the_sampled_distribution(pipe, traj):
     """Rebuilding each step's input from the record (final tokens where commit_step < s, masks elsewhere) and calling
     the model as `sample` does reproduces the recorded entropy and min_kept_conf (what a replay estimator relies on)."""
-    from maskfocus.rollout import explore_temperature, token_entropy
+    from maskfocus.rl.rollout import explore_temperature, token_entropy
     B, V, mask_id = traj.batch_size, pipe.transformer.codebook_size, pipe.transformer.mask_token_id
     h, p = pipe.encode_prompts([q for q in PROMPTS for _ in range(G)])
     nh, np_ = pipe.encode_prompts([""])

@@ -1,11 +1,11 @@
-"""Tests of `maskfocus.sampler` beyond the notebook's examples: the diffusers `AmusedScheduler` oracle over a
+"""Tests of `maskfocus.models.sampler` beyond the notebook's examples: the diffusers `AmusedScheduler` oracle over a
 parameter grid, end-to-end agreement with `AmusedPipeline`, the classifier-free-guidance arithmetic and call
 pattern, determinism, the tie rule, and error messages that name the argument."""
 import pytest
 import torch
 
 from maskfocus.core import InputError
-from maskfocus.sampler import (StepOut, gumbel_temperatures, mask_schedule, maskgit_step, num_masks_after, sample,
+from maskfocus.models.sampler import (StepOut, gumbel_temperatures, mask_schedule, maskgit_step, num_masks_after, sample,
                                timesteps)
 
 diffusers = pytest.importorskip("diffusers")

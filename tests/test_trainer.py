@@ -13,10 +13,11 @@ from safetensors.torch import load_file
 
 from _launch_train import Redness
 from maskfocus import geneval
-from maskfocus.checkpoint import list_checkpoints, load_checkpoint
-from maskfocus.config import make_config
-from maskfocus.pipeline import MaskedPipeline, toy_pipeline
-import maskfocus.trainer as trainer
+from maskfocus.runs import list_checkpoints, load_checkpoint
+from maskfocus.rl.config import make_config
+from maskfocus.models.pipeline import MaskedPipeline
+from maskfocus.toy.pipeline import toy_pipeline
+import maskfocus.rl.trainer as trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -203,7 +204,7 @@ def test_pipeline_stage_flags(base, tmp_path):
 
 def test_reward_from_a_server(base, metas, tmp_path):
     "Paper-scale rewards run as services: `reward_servers` names a URL that `reward` then weights; reward_monitor none skips the toy judge."
-    from maskfocus.rewards import RewardServerError, serve_reward
+    from maskfocus.rl.rewards import RewardServerError, serve_reward
     server, url = serve_reward(Redness())
     try:
         cfg = make_config("maskfocus", {**TINY, "iterations": 1, "reward": {"red": 1.0}, "reward_servers.red": url, "reward_monitor": "none"})

@@ -1,6 +1,6 @@
-"""Tests of `maskfocus.transformer` that do not fit the notebook: loader round trip from the installed package,
+"""Tests of `maskfocus.models.transformer` that do not fit the notebook: loader round trip from the installed package,
 error messages, gradient checkpointing, per-sample timesteps. The golden forward pass and the key manifests
-are checked in nbs/10_transformer.ipynb."""
+are checked in nbs/models/00_transformer.ipynb."""
 import json
 from dataclasses import asdict, replace
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from maskfocus.core import InputError
-from maskfocus.transformer import (MaskedImageModel, MeissonicConfig, MeissonicTransformer, load_meissonic,
+from maskfocus.models.transformer import (MaskedImageModel, MeissonicConfig, MeissonicTransformer, load_meissonic,
                                    save_meissonic)
 
 TINY = MeissonicConfig.tiny()
@@ -40,8 +40,8 @@ def error_of(fn):
 # ---------------------------------------------------------------- loading and saving
 
 def test_package_is_importable_and_fits_the_interface():
-    import maskfocus.transformer as mt
-    assert mt.__file__.endswith("maskfocus/transformer.py")
+    import maskfocus.models.transformer as mt
+    assert mt.__file__.endswith("maskfocus/models/transformer.py")
     assert isinstance(make_model(), MaskedImageModel)
 
 

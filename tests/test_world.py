@@ -3,9 +3,10 @@ import numpy as np
 import torch
 from hypothesis import given, settings, strategies as st
 
-from maskfocus import world
+from maskfocus.toy import world
 from maskfocus.geneval import relative_position
-from maskfocus.tokenizer import PatchTokenizer, to_tensor
+from maskfocus.models.tokenizer import to_tensor
+from maskfocus.toy.tokenizer import PatchTokenizer
 
 PROMPTS = world.all_prompts()
 TOK = PatchTokenizer()
