@@ -21,6 +21,7 @@ __all__ = ['cmd_prompts', 'cmd_render', 'cmd_judge', 'cmd_sample', 'cmd_evaluate
 def cmd_prompts(args):
     "Write the toy train/test prompt splits, or check that the committed ones match their seed."
     from maskfocus.toy import world
+
     splits = world.make_splits(seed=args.seed, test_per_tag=args.test_per_tag)
     params = dict(seed=args.seed, test_per_tag=args.test_per_tag)
     out = Path(args.out)
@@ -31,14 +32,18 @@ def cmd_prompts(args):
     with tempfile.TemporaryDirectory() as tmp:
         world.write_splits(tmp, splits, **params)
         names = sorted(p.name for p in Path(tmp).iterdir())
-        diff = [n for n in names if not (out/n).is_file() or (out/n).read_bytes() != (Path(tmp)/n).read_bytes()]
+        diff = [n for n in names if not (out / n).is_file() or (out / n).read_bytes() != (Path(tmp) / n).read_bytes()]
     report = {"params": params, "files": names, "differ": diff, "ok": not diff}
-    if args.report: write_json_atomic(args.report, report)
+    if args.report:
+        write_json_atomic(args.report, report)
     print(json.dumps(report))
     if diff:
-        print(f"error: {out}: {', '.join(diff)} differ from what seed {args.seed} generates; "
-              f"regenerate with `maskfocus prompts --seed {args.seed} --test-per-tag {args.test_per_tag} --out {out}`, "
-              "then `dvc commit data.dvc` and commit", file=sys.stderr)
+        print(
+            f"error: {out}: {', '.join(diff)} differ from what seed {args.seed} generates; "
+            f"regenerate with `maskfocus prompts --seed {args.seed} --test-per-tag {args.test_per_tag} --out {out}`, "
+            "then `dvc commit data.dvc` and commit",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -47,10 +52,14 @@ def cmd_render(args):
     "Render ground-truth scenes for every prompt of a metadata file, in GenEval's folder layout."
     from maskfocus.toy import world
     from maskfocus import geneval
+
     metas = world.read_prompts(args.metadata)
-    if args.per_prompt < 1: raise InputError(f"--per-prompt must be >= 1, got {args.per_prompt}", field="--per-prompt")
-    images = [[world.render(world.sample_scene(m, np.random.default_rng([args.seed, i, n]))) for n in range(args.per_prompt)]
-              for i, m in enumerate(metas)]
+    if args.per_prompt < 1:
+        raise InputError(f"--per-prompt must be >= 1, got {args.per_prompt}", field="--per-prompt")
+    images = [
+        [world.render(world.sample_scene(m, np.random.default_rng([args.seed, i, n]))) for n in range(args.per_prompt)]
+        for i, m in enumerate(metas)
+    ]
     geneval.save_samples(args.out, metas, images)
     print(json.dumps({"prompts": len(metas), "images": len(metas) * args.per_prompt, "out": str(args.out)}))
     return 0
@@ -59,54 +68,93 @@ def cmd_render(args):
 def cmd_judge(args):
     "Judge a GenEval-layout folder of toy images; print the summary as JSON on the last line."
     from maskfocus.toy import judge
+
     summary = judge.judge_folder(args.folder, args.out)
-    if args.summary: write_json_atomic(args.summary, summary)
+    if args.summary:
+        write_json_atomic(args.summary, summary)
     print(json.dumps(summary))
     return 0
 
 # %% ../nbs/03_cli.ipynb #ad5e31fb
 def _load_pipeline(path):
     from maskfocus.models.pipeline import MaskedPipeline
+
     return MaskedPipeline.load(path)
+
 
 def _read_metadata(path):
     from maskfocus import geneval
+
     return geneval.read_metadata(path)
+
 
 def cmd_sample(args):
     "Sample a model for every prompt of a metadata file, in GenEval's folder layout."
     from maskfocus import geneval
     from maskfocus.toy.evaluate import generate_for_metadata
+
     metas = _read_metadata(args.metadata)
-    if args.per_prompt < 1: raise InputError(f"--per-prompt must be >= 1, got {args.per_prompt}", field="--per-prompt")
+    if args.per_prompt < 1:
+        raise InputError(f"--per-prompt must be >= 1, got {args.per_prompt}", field="--per-prompt")
     pipe = _load_pipeline(args.model)
-    images = generate_for_metadata(pipe, metas, args.per_prompt, args.seed, args.steps, args.cfg, args.batch, progress=True)
+    images = generate_for_metadata(
+        pipe, metas, args.per_prompt, args.seed, args.steps, args.cfg, args.batch, progress=True
+    )
     geneval.save_samples(args.out, metas, images)
-    print(json.dumps({"prompts": len(metas), "images": len(metas) * args.per_prompt, "out": str(args.out),
-                      "steps": args.steps or pipe.sampling.steps, "cfg": pipe.sampling.cfg if args.cfg is None else args.cfg}))
+    print(
+        json.dumps(
+            {
+                "prompts": len(metas),
+                "images": len(metas) * args.per_prompt,
+                "out": str(args.out),
+                "steps": args.steps or pipe.sampling.steps,
+                "cfg": pipe.sampling.cfg if args.cfg is None else args.cfg,
+            }
+        )
+    )
     return 0
+
 
 def cmd_evaluate(args):
     "Sample and judge a model over CFG weights and step counts; write eval.json, eval.md and grids."
     from maskfocus.toy.evaluate import evaluate_sweep, images_per_prompt
+
     settings = [(n, w) for n in args.steps for w in args.cfg]  # the grid of --steps x --cfg
     if args.params:  # a params section overrides the options of the same names
         d = read_params(args.params, args.section)
         for k, v in d.items():
-            if k not in ("settings", "per_prompt", "per_tag", "seed", "batch"): raise InputError(f"unknown evaluate key {k!r}", file=args.params, field=f"{args.section}.{k}")
+            if k not in ("settings", "per_prompt", "per_tag", "seed", "batch"):
+                raise InputError(f"unknown evaluate key {k!r}", file=args.params, field=f"{args.section}.{k}")
             if k == "settings":
                 if not (isinstance(v, list) and all(isinstance(p, list) and len(p) == 2 for p in v)):
-                    raise InputError("settings must be a list of [steps, cfg] pairs", file=args.params, field=f"{args.section}.settings")
+                    raise InputError(
+                        "settings must be a list of [steps, cfg] pairs",
+                        file=args.params,
+                        field=f"{args.section}.settings",
+                    )
                 settings = [tuple(p) for p in v]
-            else: setattr(args, k, v)
+            else:
+                setattr(args, k, v)
     metas = _read_metadata(args.metadata)
     images_per_prompt(metas, args.per_prompt, args.per_tag)  # bad counts fail here, before the model loads
     scorer = None
     if args.clip:
         from maskfocus.toy.clip import ClipScorer
+
         scorer = ClipScorer.load(args.clip)
-    rows = evaluate_sweep(_load_pipeline(args.model), metas, args.out, settings, args.per_prompt, args.seed, args.batch, progress=True, per_tag=args.per_tag,
-                          clip_scorer=scorer, details=args.details)
+    rows = evaluate_sweep(
+        _load_pipeline(args.model),
+        metas,
+        args.out,
+        settings,
+        args.per_prompt,
+        args.seed,
+        args.batch,
+        progress=True,
+        per_tag=args.per_tag,
+        clip_scorer=scorer,
+        details=args.details,
+    )
     print(json.dumps({k: v["overall"] for k, v in rows.items()}))
     return 0
 
@@ -115,28 +163,37 @@ def cmd_pretrain(args):
     "Pre-train the toy base model; resumes from --run if it holds checkpoints."
     from maskfocus.toy.pretrain import PretrainConfig, pretrain
     from maskfocus.toy import world
+
     cfg = PretrainConfig.from_dict(read_params(args.params, args.section), file=args.params)
     pretrain(cfg, world.read_prompts(args.train), args.run, out=args.out, resume=not args.fresh)
     print(json.dumps({"out": str(args.out)}))
     return 0
 
+
 def cmd_train_clip(args):
     "Train the toy CLIP (reward model) and write its evaluation."
     from maskfocus.toy.clip import train_clip_main
-    m = train_clip_main(read_params(args.params, args.section), args.train, args.test, args.out, args.metrics, work_dir=args.run)
+
+    m = train_clip_main(
+        read_params(args.params, args.section), args.train, args.test, args.out, args.metrics, work_dir=args.run
+    )
     print(json.dumps({"out": str(args.out), "metrics": str(args.metrics)}))
     return 0
 
 # %% ../nbs/03_cli.ipynb #ffaecef0
 def build_parser() -> argparse.ArgumentParser:
     "The `maskfocus` argument parser with its subcommands."
-    p = argparse.ArgumentParser(prog="maskfocus", description="MaskFocus: RL on the critical steps of masked image models.")
+    p = argparse.ArgumentParser(
+        prog="maskfocus", description="MaskFocus: RL on the critical steps of masked image models."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("prompts", help="write or check the toy train/test prompt splits")
     s.add_argument("--seed", type=int, default=0, help="seed of the held-out compositions and test order")
     s.add_argument("--test-per-tag", type=int, default=36, help="test entries per GenEval tag")
     s.add_argument("--out", required=True, help="folder for train_metadata.jsonl, test_metadata.jsonl, summary.json")
-    s.add_argument("--check", action="store_true", help="do not write; fail if the files in --out differ from what the seed gives")
+    s.add_argument(
+        "--check", action="store_true", help="do not write; fail if the files in --out differ from what the seed gives"
+    )
     s.add_argument("--report", help="with --check: write the check result as JSON here")
     s.set_defaults(func=cmd_prompts)
     s = sub.add_parser("render", help="render ground-truth images for a metadata file (GenEval layout)")
@@ -161,39 +218,67 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=64, help="images per sampler call (part of the seed rule)")
     s.set_defaults(func=cmd_sample)
     s = sub.add_parser("evaluate", help="sample + judge sweep over CFG weights and step counts")
-    s.add_argument("--model", required=True); s.add_argument("--metadata", required=True); s.add_argument("--out", required=True)
+    s.add_argument("--model", required=True)
+    s.add_argument("--metadata", required=True)
+    s.add_argument("--out", required=True)
     s.add_argument("--cfg", type=float, nargs="+", default=[3.0], help="guidance weights")
     s.add_argument("--steps", type=int, nargs="+", default=[16], help="step counts")
-    s.add_argument("--per-prompt", type=int, default=4); s.add_argument("--seed", type=int, default=0); s.add_argument("--batch", type=int, default=64)
-    s.add_argument("--per-tag", type=int, default=None, help="at least this many images per GenEval tag, spread evenly over its prompts (instead of --per-prompt; for prompt files with unequal tags)")
-    s.add_argument("--params", help="YAML file whose --section sets settings ([[steps, cfg], ...]), per_prompt, per_tag, seed, batch"); s.add_argument("--section", default="eval")
-    s.add_argument("--clip", default=None, help="a toy CLIP folder (models/clip): also report the CLIP score of every image")
-    s.add_argument("--details", default=None, help="folder for the per-image results and picture grids (default: --out)")
+    s.add_argument("--per-prompt", type=int, default=4)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch", type=int, default=64)
+    s.add_argument(
+        "--per-tag",
+        type=int,
+        default=None,
+        help="at least this many images per GenEval tag, spread evenly over its prompts (instead of --per-prompt; for prompt files with unequal tags)",
+    )
+    s.add_argument(
+        "--params",
+        help="YAML file whose --section sets settings ([[steps, cfg], ...]), per_prompt, per_tag, seed, batch",
+    )
+    s.add_argument("--section", default="eval")
+    s.add_argument(
+        "--clip", default=None, help="a toy CLIP folder (models/clip): also report the CLIP score of every image"
+    )
+    s.add_argument(
+        "--details", default=None, help="folder for the per-image results and picture grids (default: --out)"
+    )
     s.set_defaults(func=cmd_evaluate)
     s = sub.add_parser("pretrain", help="MaskGIT pre-training of the toy base model")
-    s.add_argument("--params", default="params.yaml", help="YAML file with the parameters"); s.add_argument("--section", default="pretrain")
+    s.add_argument("--params", default="params.yaml", help="YAML file with the parameters")
+    s.add_argument("--section", default="pretrain")
     s.add_argument("--train", default="data/prompts/train_metadata.jsonl", help="training prompts")
     s.add_argument("--run", required=True, help="run folder: checkpoints and dvclive metrics (resumed if present)")
     s.add_argument("--out", required=True, help="where the final model goes (released layout)")
     s.add_argument("--fresh", action="store_true", help="ignore existing checkpoints in --run")
     s.set_defaults(func=cmd_pretrain)
     s = sub.add_parser("train-clip", help="train the toy CLIP (CLIP-score reward)")
-    s.add_argument("--params", default="params.yaml"); s.add_argument("--section", default="train_clip")
-    s.add_argument("--train", default="data/prompts/train_metadata.jsonl"); s.add_argument("--test", default="data/prompts/test_metadata.jsonl")
+    s.add_argument("--params", default="params.yaml")
+    s.add_argument("--section", default="train_clip")
+    s.add_argument("--train", default="data/prompts/train_metadata.jsonl")
+    s.add_argument("--test", default="data/prompts/test_metadata.jsonl")
     s.add_argument("--run", required=True, help="training folder: checkpoints, dvclive (resumed if present)")
-    s.add_argument("--out", required=True, help="model folder"); s.add_argument("--metrics", required=True, help="evaluation JSON")
+    s.add_argument("--out", required=True, help="model folder")
+    s.add_argument("--metrics", required=True, help="evaluation JSON")
     s.set_defaults(func=cmd_train_clip)
-    sub.add_parser("train", help="GRPO post-training with a method preset (`maskfocus train --help`: maskfocus.rl.trainer's options)", add_help=False)
+    sub.add_parser(
+        "train",
+        help="GRPO post-training with a method preset (`maskfocus train --help`: maskfocus.rl.trainer's options)",
+        add_help=False,
+    )
     return p
+
 
 def main(argv: list[str] | None = None) -> int:  # arguments (default: sys.argv[1:])
     "Run the `maskfocus` command line; input errors exit with status 2 and one clear line."
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:  # the trainer parses its own options (and handles its own errors)
         from maskfocus.rl.trainer import train_main
+
         return train_main(argv[1:])
     args = build_parser().parse_args(argv)
-    try: return args.func(args)
+    try:
+        return args.func(args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

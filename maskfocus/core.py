@@ -18,11 +18,14 @@ __all__ = ['InputError', 'atomic_write', 'write_text_atomic', 'write_json_atomic
 # %% ../nbs/00_core.ipynb #5a93cf99
 class InputError(ValueError):
     "A problem with user input, located by file, line (1-based) and field."
-    def __init__(self,
-                 msg: str,  # what is wrong, in plain words
-                 file: str | os.PathLike | None = None,  # the file that holds the bad input
-                 line: int | None = None,  # 1-based line number inside `file`
-                 field: str | None = None):  # the field (key path) that is wrong, e.g. `include[1].color`
+
+    def __init__(
+        self,
+        msg: str,  # what is wrong, in plain words
+        file: str | os.PathLike | None = None,  # the file that holds the bad input
+        line: int | None = None,  # 1-based line number inside `file`
+        field: str | None = None,
+    ):  # the field (key path) that is wrong, e.g. `include[1].color`
         self.msg, self.file, self.line, self.field = msg, (str(file) if file is not None else None), line, field
         where = ":".join(str(o) for o in (self.file, self.line) if o is not None)
         parts = [p for p in (where, f"field '{field}'" if field else None) if p]
@@ -30,7 +33,10 @@ class InputError(ValueError):
 
 # %% ../nbs/00_core.ipynb #9de1fc2b
 def _umask() -> int:
-    u = os.umask(0); os.umask(u); return u
+    u = os.umask(0)
+    os.umask(u)
+    return u
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike):  # final path of the file
@@ -43,14 +49,19 @@ def atomic_write(path: str | os.PathLike):  # final path of the file
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
     try:
         yield tmp
-        with open(tmp, "rb+") as f: os.fsync(f.fileno())
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        if tmp.exists(): tmp.unlink()
+        if tmp.exists():
+            tmp.unlink()
+
 
 def write_text_atomic(path: str | os.PathLike, text: str):  # file to write; its full content
     "Write `text` to `path` atomically."
-    with atomic_write(path) as tmp: Path(tmp).write_text(text)
+    with atomic_write(path) as tmp:
+        Path(tmp).write_text(text)
+
 
 def write_json_atomic(path: str | os.PathLike, obj, indent: int | None = 2):  # file; JSON-able object; indent
     "Write `obj` as JSON to `path` atomically."
@@ -71,18 +82,22 @@ def atomic_dir(path: str | os.PathLike):  # final folder path
             old = path.with_name(f".{path.name}.old.{os.getpid()}")
             os.replace(path, old)
         os.replace(tmp, path)
-        if old is not None: shutil.rmtree(old)
+        if old is not None:
+            shutil.rmtree(old)
     finally:
-        if tmp.exists(): shutil.rmtree(tmp)
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 # %% ../nbs/00_core.ipynb #cb88f991
 def repo_root(start: str | os.PathLike | None = None) -> Path | None:  # folder to search upwards from (default: cwd)
     "The nearest folder at or above `start` holding a `pyproject.toml` with `[tool.nbdev]`, else None."
     p = Path(start or Path.cwd()).resolve()
     for d in [p, *p.parents]:
-        f = d/"pyproject.toml"
-        if f.exists() and "[tool.nbdev]" in f.read_text(): return d
+        f = d / "pyproject.toml"
+        if f.exists() and "[tool.nbdev]" in f.read_text():
+            return d
     return None
+
 
 def shared_path(*parts: str) -> Path | None:  # path inside the shared folder, e.g. "reference", "x.json"
     "Path of a file in the shared reference folder (`$MASKFOCUS_SHARED` or `../shared`), or None if absent."
@@ -90,10 +105,12 @@ def shared_path(*parts: str) -> Path | None:  # path inside the shared folder, e
     roots = [Path(env)] if env else []
     for start in (Path.cwd(), Path(__file__).resolve().parent if "__file__" in globals() else None):
         r = repo_root(start) if start else None
-        if r is not None: roots.append(r.parent/"shared")
+        if r is not None:
+            roots.append(r.parent / "shared")
     for root in roots:
         p = root.joinpath(*parts)
-        if p.exists(): return p
+        if p.exists():
+            return p
     return None
 
 # %% ../nbs/00_core.ipynb #5ba3214e
@@ -120,33 +137,44 @@ def read_params(path, section: str) -> dict:  # a YAML file; the top-level key t
     import yaml
 
     path = Path(path)
-    if not path.is_file(): raise InputError("params file not found", file=path)
-    try: d = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e: raise InputError(f"malformed YAML ({e.__class__.__name__})", file=path) from None
-    if section not in d: raise InputError(f"no section {section!r} (found: {', '.join(d)})", file=path, field=section)
+    if not path.is_file():
+        raise InputError("params file not found", file=path)
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise InputError(f"malformed YAML ({e.__class__.__name__})", file=path) from None
+    if section not in d:
+        raise InputError(f"no section {section!r} (found: {', '.join(d)})", file=path, field=section)
     return d[section] or {}
-
 
 # %% ../nbs/00_core.ipynb #5bfa5828
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
-def safetensors_file(folder: str | os.PathLike,  # the folder that should hold the weights
-                     name: str,  # file name, e.g. "diffusion_pytorch_model.safetensors"
-                     variant: str | None = None,  # e.g. "fp16" -> diffusion_pytorch_model.fp16.safetensors
-                     ) -> Path:
+
+def safetensors_file(
+    folder: str | os.PathLike,  # the folder that should hold the weights
+    name: str,  # file name, e.g. "diffusion_pytorch_model.safetensors"
+    variant: str | None = None,  # e.g. "fp16" -> diffusion_pytorch_model.fp16.safetensors
+) -> Path:
     "Path of a safetensors weights file; an `InputError` naming it (and any pickles present) if it is missing."
     folder = Path(folder)
-    path = folder/(name if variant is None else name.replace(".safetensors", f".{variant}.safetensors"))
-    if path.is_file(): return path
+    path = folder / (name if variant is None else name.replace(".safetensors", f".{variant}.safetensors"))
+    if path.is_file():
+        return path
     found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    hint = ("; only pickle weights are present, which are never loaded: convert them to safetensors"
-            if any(n.endswith(_PICKLE_SUFFIXES) for n in found) else "")
+    hint = (
+        "; only pickle weights are present, which are never loaded: convert them to safetensors"
+        if any(n.endswith(_PICKLE_SUFFIXES) for n in found)
+        else ""
+    )
     raise InputError(f"weights file not found (folder has: {', '.join(found) or 'nothing'}){hint}", file=path)
+
 
 def safetensors_dtype(path: str | os.PathLike):  # a safetensors file
     "dtype of the first tensor of a safetensors file (reads one tensor only)."
     import torch
     from safetensors import safe_open
+
     with safe_open(str(path), framework="pt") as f:
         keys = list(f.keys())
         return f.get_tensor(keys[0]).dtype if keys else torch.float32
@@ -155,4 +183,7 @@ def safetensors_dtype(path: str | os.PathLike):  # a safetensors file
 def seed_everything(seed: int):  # one integer seeds Python, NumPy and torch
     "Seed Python's, NumPy's and torch's global generators."
     import torch
-    random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -20,103 +20,166 @@ __all__ = ['TAGS', 'COLORS', 'RELATIONS', 'OPPOSITE', 'NUMBER_WORDS', 'validate_
            'write_results', 'read_results', 'summarize']
 
 # %% ../nbs/01_geneval.ipynb #0c85a9e4
-TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")  # GenEval's six tasks, in its order
-COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")  # GenEval's colour classes
+TAGS = (
+    "single_object",
+    "two_object",
+    "counting",
+    "colors",
+    "position",
+    "color_attr",
+)  # GenEval's six tasks, in its order
+COLORS = (
+    "red",
+    "orange",
+    "yellow",
+    "green",
+    "blue",
+    "purple",
+    "pink",
+    "brown",
+    "black",
+    "white",
+)  # GenEval's colour classes
 RELATIONS = ("left of", "right of", "above", "below")  # GenEval's position relations
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
 
 # %% ../nbs/01_geneval.ipynb #0eeb334e
-def _fail(msg, file, line, field): raise InputError(msg, file=file, line=line, field=field)
+def _fail(msg, file, line, field):
+    raise InputError(msg, file=file, line=line, field=field)
+
 
 def _check_clause(c, field, file, line, classes, colors, is_include, n_before):
-    if not isinstance(c, dict): _fail(f"expected an object, got {type(c).__name__}", file, line, field)
+    if not isinstance(c, dict):
+        _fail(f"expected an object, got {type(c).__name__}", file, line, field)
     allowed = {"class", "count", "color", "position"} if is_include else {"class", "count"}
     for k in c:
-        if k not in allowed: _fail(f"unknown key '{k}' (allowed: {', '.join(sorted(allowed))})", file, line, f"{field}.{k}")
+        if k not in allowed:
+            _fail(f"unknown key '{k}' (allowed: {', '.join(sorted(allowed))})", file, line, f"{field}.{k}")
     cls = c.get("class")
-    if not isinstance(cls, str) or not cls: _fail("missing or empty class name", file, line, f"{field}.class")
+    if not isinstance(cls, str) or not cls:
+        _fail("missing or empty class name", file, line, f"{field}.class")
     if classes is not None and cls not in classes:
         _fail(f"unknown class '{cls}' (known: {', '.join(classes)})", file, line, f"{field}.class")
     n = c.get("count")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1: _fail(f"count must be an integer >= 1, got {n!r}", file, line, f"{field}.count")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        _fail(f"count must be an integer >= 1, got {n!r}", file, line, f"{field}.count")
     if "color" in c and c["color"] not in (colors if colors is not None else COLORS):
-        _fail(f"unknown colour {c['color']!r} (known: {', '.join(colors if colors is not None else COLORS)})", file, line, f"{field}.color")
+        _fail(
+            f"unknown colour {c['color']!r} (known: {', '.join(colors if colors is not None else COLORS)})",
+            file,
+            line,
+            f"{field}.color",
+        )
     if "position" in c:
         p = c["position"]
-        if not (isinstance(p, (list, tuple)) and len(p) == 2): _fail(f"position must be [relation, index], got {p!r}", file, line, f"{field}.position")
-        if p[0] not in RELATIONS: _fail(f"unknown relation {p[0]!r} (known: {', '.join(RELATIONS)})", file, line, f"{field}.position[0]")
+        if not (isinstance(p, (list, tuple)) and len(p) == 2):
+            _fail(f"position must be [relation, index], got {p!r}", file, line, f"{field}.position")
+        if p[0] not in RELATIONS:
+            _fail(f"unknown relation {p[0]!r} (known: {', '.join(RELATIONS)})", file, line, f"{field}.position[0]")
         if isinstance(p[1], bool) or not isinstance(p[1], int) or not 0 <= p[1] < n_before:
-            _fail(f"position index must point to an earlier include (0..{n_before-1}), got {p[1]!r}", file, line, f"{field}.position[1]")
+            _fail(
+                f"position index must point to an earlier include (0..{n_before - 1}), got {p[1]!r}",
+                file,
+                line,
+                f"{field}.position[1]",
+            )
 
-def validate_metadata(d: dict,  # one parsed metadata line
-                      file=None,  # file it came from, for the error message
-                      line: int | None = None,  # 1-based line number, for the error message
-                      classes: Sequence[str] | None = None,  # allowed class names (None: any)
-                      colors: Sequence[str] | None = None,  # allowed colours (None: GenEval's ten)
-                      ) -> dict:
+
+def validate_metadata(
+    d: dict,  # one parsed metadata line
+    file=None,  # file it came from, for the error message
+    line: int | None = None,  # 1-based line number, for the error message
+    classes: Sequence[str] | None = None,  # allowed class names (None: any)
+    colors: Sequence[str] | None = None,  # allowed colours (None: GenEval's ten)
+) -> dict:
     "Check one GenEval metadata record; raise `InputError` naming the field, else return it unchanged."
-    if not isinstance(d, dict): _fail(f"expected a JSON object, got {type(d).__name__}", file, line, None)
+    if not isinstance(d, dict):
+        _fail(f"expected a JSON object, got {type(d).__name__}", file, line, None)
     for k in d:
-        if k not in ("tag", "include", "exclude", "prompt"): _fail(f"unknown key '{k}'", file, line, k)
-    if d.get("tag") not in TAGS: _fail(f"unknown tag {d.get('tag')!r} (known: {', '.join(TAGS)})", file, line, "tag")
-    if not isinstance(d.get("prompt"), str) or not d["prompt"].strip(): _fail("missing or empty prompt", file, line, "prompt")
+        if k not in ("tag", "include", "exclude", "prompt"):
+            _fail(f"unknown key '{k}'", file, line, k)
+    if d.get("tag") not in TAGS:
+        _fail(f"unknown tag {d.get('tag')!r} (known: {', '.join(TAGS)})", file, line, "tag")
+    if not isinstance(d.get("prompt"), str) or not d["prompt"].strip():
+        _fail("missing or empty prompt", file, line, "prompt")
     inc = d.get("include")
-    if not isinstance(inc, list) or not inc: _fail("include must be a non-empty list", file, line, "include")
-    for i, c in enumerate(inc): _check_clause(c, f"include[{i}]", file, line, classes, colors, True, i)
+    if not isinstance(inc, list) or not inc:
+        _fail("include must be a non-empty list", file, line, "include")
+    for i, c in enumerate(inc):
+        _check_clause(c, f"include[{i}]", file, line, classes, colors, True, i)
     exc = d.get("exclude", [])
-    if not isinstance(exc, list): _fail("exclude must be a list", file, line, "exclude")
-    for i, c in enumerate(exc): _check_clause(c, f"exclude[{i}]", file, line, classes, colors, False, 0)
+    if not isinstance(exc, list):
+        _fail("exclude must be a list", file, line, "exclude")
+    for i, c in enumerate(exc):
+        _check_clause(c, f"exclude[{i}]", file, line, classes, colors, False, 0)
     return d
 
 # %% ../nbs/01_geneval.ipynb #04fab65a
 _KEY_ORDER = ("tag", "include", "exclude", "prompt")
 
+
 def dump_metadata(d: dict) -> str:  # a metadata record
     "One metadata record as a GenEval-style JSON line (no newline)."
     return json.dumps({k: d[k] for k in _KEY_ORDER if k in d})
 
-def read_metadata(path,  # a GenEval-format metadata jsonl file
-                  classes: Sequence[str] | None = None,  # allowed class names (None: any)
-                  colors: Sequence[str] | None = None,  # allowed colours (None: GenEval's ten)
-                  ) -> list[dict]:
+
+def read_metadata(
+    path,  # a GenEval-format metadata jsonl file
+    classes: Sequence[str] | None = None,  # allowed class names (None: any)
+    colors: Sequence[str] | None = None,  # allowed colours (None: GenEval's ten)
+) -> list[dict]:
     "Read and validate a GenEval metadata jsonl file; errors name the file, line and field."
     path = Path(path)
-    if not path.is_file(): raise InputError("file not found", file=path)
+    if not path.is_file():
+        raise InputError("file not found", file=path)
     out = []
     lines = path.read_text(encoding="utf-8").split("\n")
-    while lines and not lines[-1].strip(): lines.pop()
+    while lines and not lines[-1].strip():
+        lines.pop()
     for i, s in enumerate(lines, 1):
-        if not s.strip(): raise InputError("blank line", file=path, line=i)
-        try: d = json.loads(s)
-        except json.JSONDecodeError as e: raise InputError(f"malformed JSON ({e.msg} at column {e.colno})", file=path, line=i) from None
+        if not s.strip():
+            raise InputError("blank line", file=path, line=i)
+        try:
+            d = json.loads(s)
+        except json.JSONDecodeError as e:
+            raise InputError(f"malformed JSON ({e.msg} at column {e.colno})", file=path, line=i) from None
         out.append(validate_metadata(d, path, i, classes, colors))
-    if not out: raise InputError("no metadata lines", file=path)
+    if not out:
+        raise InputError("no metadata lines", file=path)
     return out
+
 
 def write_metadata(path, metas: Iterable[dict]):  # output file; the records
     "Write metadata records as a GenEval jsonl file, atomically."
     write_text_atomic(path, "".join(dump_metadata(m) + "\n" for m in metas))
 
 # %% ../nbs/01_geneval.ipynb #f10db9b2
-def relative_position(box_a: Sequence[float],  # [x1, y1, x2, y2] of the object being placed
-                      box_b: Sequence[float],  # [x1, y1, x2, y2] of the reference object
-                      threshold: float = 0.1,  # GenEval's `position_threshold`
-                      ) -> set[str]:
+def relative_position(
+    box_a: Sequence[float],  # [x1, y1, x2, y2] of the object being placed
+    box_b: Sequence[float],  # [x1, y1, x2, y2] of the reference object
+    threshold: float = 0.1,  # GenEval's `position_threshold`
+) -> set[str]:
     "Relations of box A relative to box B by GenEval's box-centre rule."
     a, b = np.asarray(box_a[:4], float).reshape(2, 2), np.asarray(box_b[:4], float).reshape(2, 2)
     offset = a.mean(0) - b.mean(0)
     dims = np.abs(a[1] - a[0]) + np.abs(b[1] - b[0])
     shrunk = np.maximum(np.abs(offset) - threshold * dims, 0) * np.sign(offset)
-    if np.all(np.abs(shrunk) < 1e-3): return set()
+    if np.all(np.abs(shrunk) < 1e-3):
+        return set()
     dx, dy = shrunk / np.linalg.norm(offset)
-    return {r for r, hold in (("left of", dx < -0.5), ("right of", dx > 0.5), ("above", dy < -0.5), ("below", dy > 0.5)) if hold}
+    return {
+        r
+        for r, hold in (("left of", dx < -0.5), ("right of", dx > 0.5), ("above", dy < -0.5), ("below", dy > 0.5))
+        if hold
+    }
 
 # %% ../nbs/01_geneval.ipynb #ba1b9bc6
-def evaluate(detections: dict,  # {class: [{"box": [x1,y1,x2,y2], "color": str|None, ...}, ...]} sorted by confidence
-             meta: dict,  # one GenEval metadata record
-             threshold: float = 0.1,  # GenEval's position threshold
-             ) -> tuple[bool, str]:
+def evaluate(
+    detections: dict,  # {class: [{"box": [x1,y1,x2,y2], "color": str|None, ...}, ...]} sorted by confidence
+    meta: dict,  # one GenEval metadata record
+    threshold: float = 0.1,  # GenEval's position threshold
+) -> tuple[bool, str]:
     "GenEval's correctness rule: (correct, reason)."
     correct, reason, matched = True, [], []
     for req in meta.get("include", []):
@@ -130,8 +193,10 @@ def evaluate(detections: dict,  # {class: [{"box": [x1,y1,x2,y2], "color": str|N
                 cols = [o.get("color") for o in found]
                 if cols.count(req["color"]) < n:
                     correct = ok = False
-                    reason.append(f"expected {req['color']} {cls}>={n}, found {cols.count(req['color'])} {req['color']}; and "
-                                  + ", ".join(f"{cols.count(c)} {c}" for c in dict.fromkeys(c for c in cols if c)))
+                    reason.append(
+                        f"expected {req['color']} {cls}>={n}, found {cols.count(req['color'])} {req['color']}; and "
+                        + ", ".join(f"{cols.count(c)} {c}" for c in dict.fromkeys(c for c in cols if c))
+                    )
             if "position" in req and ok:
                 rel, j = req["position"]
                 if matched[j] is None:
@@ -143,9 +208,12 @@ def evaluate(detections: dict,  # {class: [{"box": [x1,y1,x2,y2], "color": str|N
                             true_rels = relative_position(o["box"], t["box"], threshold)
                             if rel not in true_rels:
                                 correct = ok = False
-                                reason.append(f"expected {cls} {rel} target, found {' and '.join(sorted(true_rels))} target")
+                                reason.append(
+                                    f"expected {cls} {rel} target, found {' and '.join(sorted(true_rels))} target"
+                                )
                                 break
-                        if not ok: break
+                        if not ok:
+                            break
         matched.append(found if ok else None)
     for req in meta.get("exclude", []):
         got = len(detections.get(req["class"], []))
@@ -155,10 +223,11 @@ def evaluate(detections: dict,  # {class: [{"box": [x1,y1,x2,y2], "color": str|N
     return correct, "\n".join(reason)
 
 # %% ../nbs/01_geneval.ipynb #2355d614
-def evaluate_partial(detections: dict,  # as for `evaluate`
-                     meta: dict,  # one GenEval metadata record
-                     threshold: float = 0.1,  # GenEval's position threshold
-                     ) -> tuple[bool, float]:
+def evaluate_partial(
+    detections: dict,  # as for `evaluate`
+    meta: dict,  # one GenEval metadata record
+    threshold: float = 0.1,  # GenEval's position threshold
+) -> tuple[bool, float]:
     "Flow-GRPO-style partial credit: (strict_correct, score in [0, 1])."
     strict, terms, matched = True, [], []
     for req in meta.get("include", []):
@@ -167,70 +236,99 @@ def evaluate_partial(detections: dict,  # as for `evaluate`
         terms.append(max(0.0, 1 - abs(n - len(allfound)) / n))
         if len(allfound) != n:
             strict = ok = False
-            if "color" in req: terms.append(0.0)
-            if "position" in req: terms.append(0.0)
+            if "color" in req:
+                terms.append(0.0)
+            if "position" in req:
+                terms.append(0.0)
         else:
             if "color" in req:
                 k = [o.get("color") for o in allfound].count(req["color"])
                 terms.append(max(0.0, 1 - abs(n - k) / n))
-                if k != n: strict = ok = False
+                if k != n:
+                    strict = ok = False
             if "position" in req:
                 rel, j = req["position"]
-                hold = ok and matched[j] is not None and all(rel in relative_position(o["box"], t["box"], threshold)
-                                                             for o in allfound for t in matched[j])
+                hold = (
+                    ok
+                    and matched[j] is not None
+                    and all(
+                        rel in relative_position(o["box"], t["box"], threshold) for o in allfound for t in matched[j]
+                    )
+                )
                 terms.append(1.0 if hold else 0.0)
-                if not hold: strict = ok = False
+                if not hold:
+                    strict = ok = False
         matched.append(allfound if ok else None)
     for req in meta.get("exclude", []):
-        if len(detections.get(req["class"], [])) >= req["count"]: strict = False
+        if len(detections.get(req["class"], [])) >= req["count"]:
+            strict = False
     return strict, float(np.mean(terms)) if terms else 0.0
 
 # %% ../nbs/01_geneval.ipynb #57a664c8
-def save_samples(out,  # output folder (replaced atomically if it exists)
-                 metas: Sequence[dict],  # one metadata record per prompt
-                 images: Sequence[Sequence[np.ndarray]],  # per prompt, a list of HxWx3 uint8 images
-                 ):
+def save_samples(
+    out,  # output folder (replaced atomically if it exists)
+    metas: Sequence[dict],  # one metadata record per prompt
+    images: Sequence[Sequence[np.ndarray]],  # per prompt, a list of HxWx3 uint8 images
+):
     "Write images in GenEval's folder layout, atomically."
     from PIL import Image
-    if len(metas) != len(images): raise ValueError(f"{len(metas)} metadata records but {len(images)} image lists")
+
+    if len(metas) != len(images):
+        raise ValueError(f"{len(metas)} metadata records but {len(images)} image lists")
     with atomic_dir(out) as tmp:
         for i, (m, ims) in enumerate(zip(metas, images)):
-            d = tmp/f"{i:05d}"
-            (d/"samples").mkdir(parents=True)
-            (d/"metadata.jsonl").write_text(dump_metadata(m) + "\n")
+            d = tmp / f"{i:05d}"
+            (d / "samples").mkdir(parents=True)
+            (d / "metadata.jsonl").write_text(dump_metadata(m) + "\n")
             for n, im in enumerate(ims):
                 im = np.asarray(im)
-                if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3: raise ValueError(f"image {i}/{n}: expected HxWx3 uint8, got {im.dtype} {im.shape}")
-                Image.fromarray(im).save(d/"samples"/f"{n:04d}.png")
+                if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
+                    raise ValueError(f"image {i}/{n}: expected HxWx3 uint8, got {im.dtype} {im.shape}")
+                Image.fromarray(im).save(d / "samples" / f"{n:04d}.png")
 
-def load_samples(folder,  # a folder in GenEval's layout
-                 image_size: int | None = None,  # expected square image size (None: any)
-                 classes: Sequence[str] | None = None,  # allowed class names for the metadata (None: any)
-                 colors: Sequence[str] | None = None,  # allowed colours (None: GenEval's ten)
-                 ) -> list[tuple[dict, list[Path]]]:
+
+def load_samples(
+    folder,  # a folder in GenEval's layout
+    image_size: int | None = None,  # expected square image size (None: any)
+    classes: Sequence[str] | None = None,  # allowed class names for the metadata (None: any)
+    colors: Sequence[str] | None = None,  # allowed colours (None: GenEval's ten)
+) -> list[tuple[dict, list[Path]]]:
     "Read a GenEval folder: per prompt (in index order), its metadata and sample paths; errors name the file."
     folder = Path(folder)
-    if not folder.is_dir(): raise InputError("folder not found", file=folder)
+    if not folder.is_dir():
+        raise InputError("folder not found", file=folder)
     subs = sorted((p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
-    if not subs: raise InputError("no prompt folders (<index:05d>/) found", file=folder)
+    if not subs:
+        raise InputError("no prompt folders (<index:05d>/) found", file=folder)
     out = []
     for s in subs:
-        mf = s/"metadata.jsonl"
-        if not mf.is_file(): raise InputError("missing metadata.jsonl", file=mf)
+        mf = s / "metadata.jsonl"
+        if not mf.is_file():
+            raise InputError("missing metadata.jsonl", file=mf)
         metas = read_metadata(mf, classes, colors)
-        if len(metas) != 1: raise InputError(f"expected exactly one metadata line, found {len(metas)}", file=mf, line=2)
-        sd = s/"samples"
-        if not sd.is_dir(): raise InputError("missing samples/ folder", file=sd)
+        if len(metas) != 1:
+            raise InputError(f"expected exactly one metadata line, found {len(metas)}", file=mf, line=2)
+        sd = s / "samples"
+        if not sd.is_dir():
+            raise InputError("missing samples/ folder", file=sd)
         pngs = sorted(p for p in sd.iterdir() if re.fullmatch(r"\d+\.png", p.name))
-        if not pngs: raise InputError("no <n>.png images in samples/", file=sd)
+        if not pngs:
+            raise InputError("no <n>.png images in samples/", file=sd)
         if image_size is not None:
             from PIL import Image
+
             for p in pngs:
-                try: im = Image.open(p)
-                except (OSError, ValueError) as e: raise InputError(f"unreadable image ({e.__class__.__name__})", file=p) from None
+                try:
+                    im = Image.open(p)
+                except (OSError, ValueError) as e:
+                    raise InputError(f"unreadable image ({e.__class__.__name__})", file=p) from None
                 with im:
                     if im.size != (image_size, image_size):
-                        raise InputError(f"image is {im.size[0]}x{im.size[1]}, expected {image_size}x{image_size}", file=p, field="size")
+                        raise InputError(
+                            f"image is {im.size[0]}x{im.size[1]}, expected {image_size}x{image_size}",
+                            file=p,
+                            field="size",
+                        )
         out.append((metas[0], pngs))
     return out
 
@@ -239,30 +337,42 @@ def write_results(path, results: Iterable[dict]):  # output jsonl; one dict per 
     "Write per-image results as jsonl, atomically."
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in results))
 
+
 def read_results(path) -> list[dict]:  # a results jsonl written by `write_results` or GenEval
     "Read per-image results; errors name the file and line."
     out = []
     for i, s in enumerate(Path(path).read_text().splitlines(), 1):
-        if not s.strip(): continue
-        try: r = json.loads(s)
-        except json.JSONDecodeError as e: raise InputError(f"malformed JSON ({e.msg})", file=path, line=i) from None
+        if not s.strip():
+            continue
+        try:
+            r = json.loads(s)
+        except json.JSONDecodeError as e:
+            raise InputError(f"malformed JSON ({e.msg})", file=path, line=i) from None
         for k in ("tag", "correct", "metadata"):
-            if k not in r: raise InputError("missing field", file=path, line=i, field=k)
+            if k not in r:
+                raise InputError("missing field", file=path, line=i, field=k)
         out.append(r)
     return out
 
+
 def summarize(results: Sequence[dict]) -> dict:  # per-image results (need `tag`, `correct`, `metadata`)
     "GenEval's summary: overall = mean of per-tag accuracies, plus image and prompt accuracies."
-    if not results: raise ValueError("no results to summarize")
+    if not results:
+        raise ValueError("no results to summarize")
     tags: dict[str, list[bool]] = {}
     prompts: dict[str, bool] = {}
     for r in results:
         tags.setdefault(r["tag"], []).append(bool(r["correct"]))
         prompts[r["metadata"]] = prompts.get(r["metadata"], False) or bool(r["correct"])
     acc = {t: float(np.mean(v)) for t, v in tags.items()}
-    out = {"overall": float(np.mean(list(acc.values()))), "tags": acc,
-           "images": len(results), "prompts": len(prompts),
-           "correct_images": float(np.mean([bool(r["correct"]) for r in results])),
-           "correct_prompts": float(np.mean(list(prompts.values())))}
-    if all("score" in r for r in results): out["score"] = float(np.mean([r["score"] for r in results]))
+    out = {
+        "overall": float(np.mean(list(acc.values()))),
+        "tags": acc,
+        "images": len(results),
+        "prompts": len(prompts),
+        "correct_images": float(np.mean([bool(r["correct"]) for r in results])),
+        "correct_prompts": float(np.mean(list(prompts.values()))),
+    }
+    if all("score" in r for r in results):
+        out["score"] = float(np.mean([r["score"] for r in results]))
     return out

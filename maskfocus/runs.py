@@ -27,41 +27,58 @@ def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Te
     tensors, plain = {}, {}
     for idx, st in sd["state"].items():
         for k, v in st.items():
-            if torch.is_tensor(v): tensors[f"state.{idx}.{k}"] = v.detach().contiguous().clone()
-            else: plain.setdefault(str(idx), {})[k] = v
+            if torch.is_tensor(v):
+                tensors[f"state.{idx}.{k}"] = v.detach().contiguous().clone()
+            else:
+                plain.setdefault(str(idx), {})[k] = v
     return tensors, {"param_groups": sd["param_groups"], "plain_state": plain}
 
-def optimizer_from_tensors(opt: torch.optim.Optimizer,  # optimizer over the same parameters
-                           tensors: Mapping[str, torch.Tensor],  # from `optimizer_to_tensors`
-                           meta: dict):  # the JSON half
+
+def optimizer_from_tensors(
+    opt: torch.optim.Optimizer,  # optimizer over the same parameters
+    tensors: Mapping[str, torch.Tensor],  # from `optimizer_to_tensors`
+    meta: dict,
+):  # the JSON half
     "Load an optimizer state split by `optimizer_to_tensors`."
     state: dict[int, dict] = {}
     for key, v in tensors.items():
         _, idx, k = key.split(".", 2)
         state.setdefault(int(idx), {})[k] = v
-    for idx, st in meta.get("plain_state", {}).items(): state.setdefault(int(idx), {}).update(st)
+    for idx, st in meta.get("plain_state", {}).items():
+        state.setdefault(int(idx), {}).update(st)
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 # %% ../nbs/02_runs.ipynb #cefa71e6
-def rng_state(generators: Mapping[str, torch.Generator | np.random.Generator] | None = None,  # extra named generators
-              ) -> tuple[dict[str, torch.Tensor], dict]:
+def rng_state(
+    generators: Mapping[str, torch.Generator | np.random.Generator] | None = None,  # extra named generators
+) -> tuple[dict[str, torch.Tensor], dict]:
     "States of Python's, NumPy's and torch's global RNGs plus named generators: (tensors, JSON)."
     tensors = {"rng.torch": torch.get_rng_state()}
-    js = {"python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
-          "numpy_global": _np_legacy_state(), "named_numpy": {}}
+    js = {
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+        "numpy_global": _np_legacy_state(),
+        "named_numpy": {},
+    }
     for name, g in (generators or {}).items():
-        if isinstance(g, torch.Generator): tensors[f"rng.gen.{name}"] = g.get_state()
-        elif isinstance(g, np.random.Generator): js["named_numpy"][name] = g.bit_generator.state
-        else: raise TypeError(f"generator {name!r}: unsupported type {type(g).__name__}")
+        if isinstance(g, torch.Generator):
+            tensors[f"rng.gen.{name}"] = g.get_state()
+        elif isinstance(g, np.random.Generator):
+            js["named_numpy"][name] = g.bit_generator.state
+        else:
+            raise TypeError(f"generator {name!r}: unsupported type {type(g).__name__}")
     return tensors, js
+
 
 def _np_legacy_state():
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
 
-def set_rng_state(tensors: Mapping[str, torch.Tensor],  # from `rng_state`
-                  js: dict,  # the JSON half
-                  generators: Mapping[str, torch.Generator | np.random.Generator] | None = None):  # same names as saved
+
+def set_rng_state(
+    tensors: Mapping[str, torch.Tensor],  # from `rng_state`
+    js: dict,  # the JSON half
+    generators: Mapping[str, torch.Generator | np.random.Generator] | None = None,
+):  # same names as saved
     "Restore the states saved by `rng_state` (named generators are updated in place)."
     torch.set_rng_state(tensors["rng.torch"])
     v, internal, gauss = js["python"]
@@ -70,75 +87,97 @@ def set_rng_state(tensors: Mapping[str, torch.Tensor],  # from `rng_state`
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     for name, g in (generators or {}).items():
         if isinstance(g, torch.Generator):
-            if f"rng.gen.{name}" not in tensors: raise InputError(f"checkpoint has no state for generator {name!r}", field=name)
+            if f"rng.gen.{name}" not in tensors:
+                raise InputError(f"checkpoint has no state for generator {name!r}", field=name)
             g.set_state(tensors[f"rng.gen.{name}"])
         else:
-            if name not in js["named_numpy"]: raise InputError(f"checkpoint has no state for generator {name!r}", field=name)
+            if name not in js["named_numpy"]:
+                raise InputError(f"checkpoint has no state for generator {name!r}", field=name)
             g.bit_generator.state = js["named_numpy"][name]
 
 # %% ../nbs/02_runs.ipynb #f6fa12b8
 _STEP_DIR = re.compile(r"step_(\d{7})")
 
-def save_checkpoint(run_dir,  # the run folder; checkpoints go to run_dir/checkpoints/step_NNNNNNN
-                    step: int,  # training step the state is *after*
-                    modules: Mapping[str, torch.nn.Module],  # named modules whose weights are saved
-                    optimizer: torch.optim.Optimizer | None = None,
-                    scheduler=None,  # an LR scheduler with state_dict()/load_state_dict()
-                    generators: Mapping[str, torch.Generator | np.random.Generator] | None = None,  # run-owned generators
-                    extra: dict | None = None,  # any JSON-able state (data position, config, metrics)
-                    keep: int = 2,  # how many most recent checkpoints to keep (0: all)
-                    ) -> Path:
+
+def save_checkpoint(
+    run_dir,  # the run folder; checkpoints go to run_dir/checkpoints/step_NNNNNNN
+    step: int,  # training step the state is *after*
+    modules: Mapping[str, torch.nn.Module],  # named modules whose weights are saved
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler=None,  # an LR scheduler with state_dict()/load_state_dict()
+    generators: Mapping[str, torch.Generator | np.random.Generator] | None = None,  # run-owned generators
+    extra: dict | None = None,  # any JSON-able state (data position, config, metrics)
+    keep: int = 2,  # how many most recent checkpoints to keep (0: all)
+) -> Path:
     "Write a complete training checkpoint atomically; return its folder."
-    final = Path(run_dir)/"checkpoints"/f"step_{step:07d}"
+    final = Path(run_dir) / "checkpoints" / f"step_{step:07d}"
     weights = {f"{n}.{k}": v.detach().contiguous().cpu() for n, m in modules.items() for k, v in m.state_dict().items()}
     rng_t, rng_j = rng_state(generators)
     state = {"step": step, "rng": rng_j, "extra": extra or {}, "modules": sorted(modules)}
     opt_t = {}
-    if optimizer is not None: opt_t, state["optimizer"] = optimizer_to_tensors(optimizer)
-    if scheduler is not None: state["scheduler"] = {k: v for k, v in scheduler.state_dict().items() if _jsonable(v)}
+    if optimizer is not None:
+        opt_t, state["optimizer"] = optimizer_to_tensors(optimizer)
+    if scheduler is not None:
+        state["scheduler"] = {k: v for k, v in scheduler.state_dict().items() if _jsonable(v)}
     with atomic_dir(final) as tmp:
-        save_file(_dedup(weights), tmp/"weights.safetensors")
-        save_file({**opt_t, **rng_t}, tmp/"optimizer.safetensors")
-        (tmp/"state.json").write_text(json.dumps(state))
+        save_file(_dedup(weights), tmp / "weights.safetensors")
+        save_file({**opt_t, **rng_t}, tmp / "optimizer.safetensors")
+        (tmp / "state.json").write_text(json.dumps(state))
     if keep:
-        for old in list_checkpoints(run_dir)[:-keep]: shutil.rmtree(old, ignore_errors=True)
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
+
 def _jsonable(v):
-    try: json.dumps(v); return True
-    except TypeError: return False
+    try:
+        json.dumps(v)
+        return True
+    except TypeError:
+        return False
+
 
 def _dedup(d):  # safetensors refuses shared storage (tied weights): give each entry its own copy
     return {k: v.clone() for k, v in d.items()}
 
+
 def list_checkpoints(run_dir) -> list[Path]:  # the run folder
     "Complete checkpoint folders of a run, oldest first (temporary folders are ignored)."
-    d = Path(run_dir)/"checkpoints"
-    if not d.is_dir(): return []
-    return sorted(p for p in d.iterdir() if p.is_dir() and _STEP_DIR.fullmatch(p.name) and (p/"state.json").is_file())
+    d = Path(run_dir) / "checkpoints"
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if p.is_dir() and _STEP_DIR.fullmatch(p.name) and (p / "state.json").is_file())
 
-def load_checkpoint(folder,  # a checkpoint folder (or a run folder: its latest checkpoint)
-                    modules: Mapping[str, torch.nn.Module],
-                    optimizer: torch.optim.Optimizer | None = None,
-                    scheduler=None,
-                    generators: Mapping[str, torch.Generator | np.random.Generator] | None = None,
-                    ) -> dict:
+
+def load_checkpoint(
+    folder,  # a checkpoint folder (or a run folder: its latest checkpoint)
+    modules: Mapping[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler=None,
+    generators: Mapping[str, torch.Generator | np.random.Generator] | None = None,
+) -> dict:
     "Restore a checkpoint into the given objects; return its state (step, extra, ...)."
     folder = Path(folder)
-    if not (folder/"state.json").is_file():
+    if not (folder / "state.json").is_file():
         cks = list_checkpoints(folder)
-        if not cks: raise InputError("no checkpoint found", file=folder)
+        if not cks:
+            raise InputError("no checkpoint found", file=folder)
         folder = cks[-1]
-    state = json.loads((folder/"state.json").read_text())
-    w = load_file(folder/"weights.safetensors")
+    state = json.loads((folder / "state.json").read_text())
+    w = load_file(folder / "weights.safetensors")
     for n, m in modules.items():
-        sd = {k[len(n) + 1:]: v for k, v in w.items() if k.startswith(n + ".")}
+        sd = {k[len(n) + 1 :]: v for k, v in w.items() if k.startswith(n + ".")}
         missing, unexpected = set(m.state_dict()) - set(sd), set(sd) - set(m.state_dict())
         if missing or unexpected:
-            raise InputError(f"module {n!r} does not match: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}", file=folder/"weights.safetensors")
+            raise InputError(
+                f"module {n!r} does not match: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}",
+                file=folder / "weights.safetensors",
+            )
         m.load_state_dict(sd)
-    ot = load_file(folder/"optimizer.safetensors")
-    if optimizer is not None: optimizer_from_tensors(optimizer, {k: v for k, v in ot.items() if k.startswith("state.")}, state["optimizer"])
-    if scheduler is not None: scheduler.load_state_dict({**scheduler.state_dict(), **state["scheduler"]})
+    ot = load_file(folder / "optimizer.safetensors")
+    if optimizer is not None:
+        optimizer_from_tensors(optimizer, {k: v for k, v in ot.items() if k.startswith("state.")}, state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict({**scheduler.state_dict(), **state["scheduler"]})
     set_rng_state(ot, state["rng"], generators)
     return state

@@ -5,6 +5,7 @@ largest module (goals: mean <= 55, no line over 120, no function over 60 lines, 
 
     python scripts/code_metrics.py [maskfocus] [--json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,7 @@ def functions(path: Path) -> list[tuple[str, int]]:
                 walk(child, name + ".")
             elif isinstance(child, ast.ClassDef):
                 walk(child, f"{prefix}{child.name}.")
+
     walk(tree, "")
     return out
 
@@ -74,8 +76,10 @@ def main(argv=None) -> int:
     print(f"lines over 120: {m['lines_over_120']} ({100 * m['share_over_120']:.1f} %)")
     print(f"longest function: {m['longest_function']['name']} ({m['longest_function']['lines']} lines)")
     print(f"functions over 60 lines: {len(m['functions_over_60'])}")
-    print(f"largest module: {m['largest_module']['name']} ({m['largest_module']['kb']} KB);"
-          f" median {m['median_module_kb']} KB; over 20 KB: {len(m['modules_over_20kb'])}")
+    print(
+        f"largest module: {m['largest_module']['name']} ({m['largest_module']['kb']} KB);"
+        f" median {m['median_module_kb']} KB; over 20 KB: {len(m['modules_over_20kb'])}"
+    )
     return 0
 
 

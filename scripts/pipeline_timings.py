@@ -15,6 +15,7 @@ stage's evaluation time (the `wall_s` of every setting in the `eval.json` among 
 measures itself) is subtracted from the stage's time: `train_s` is the training run's wall time from start-up to
 the last checkpoint, plus the evaluator's start-up (a few seconds of model loading).
 """
+
 from __future__ import annotations
 import argparse, json, re, sys
 from pathlib import Path
@@ -32,33 +33,50 @@ ENDS = re.compile(r"Updating lock file|didn't change, skipping|^ERROR|EXIT=|star
 def parse(path: Path) -> dict:
     "Stage times and the log's span (seconds) of one timestamped log."
     events = [(int(m[1]), m[2]) for l in path.read_text(errors="replace").splitlines() if (m := LINE.match(l))]
-    if not events: raise SystemExit(f"{path}: no timestamped lines (see this script's docstring)")
+    if not events:
+        raise SystemExit(f"{path}: no timestamped lines (see this script's docstring)")
     stages, parallel, open_stage, first_parallel, last_parallel = {}, {}, None, None, None
     setup = None
     for t, text in events:
-        if open_stage and (ENDS.search(text) or RUNNING.search(text)):  # a stage whose outputs did not change updates no lock
-            stages[open_stage[0]] = t - open_stage[1]; open_stage = None
-        if m := RUNNING.search(text): open_stage = (m[1], t)
-        elif m := DONE.search(text): parallel[m[1]] = float(m[2]); last_parallel = t
-        elif STARTED.search(text) and first_parallel is None: first_parallel = t
-        elif "touch .venv/.installed" in text: setup = t - events[0][0]
+        if open_stage and (
+            ENDS.search(text) or RUNNING.search(text)
+        ):  # a stage whose outputs did not change updates no lock
+            stages[open_stage[0]] = t - open_stage[1]
+            open_stage = None
+        if m := RUNNING.search(text):
+            open_stage = (m[1], t)
+        elif m := DONE.search(text):
+            parallel[m[1]] = float(m[2])
+            last_parallel = t
+        elif STARTED.search(text) and first_parallel is None:
+            first_parallel = t
+        elif "touch .venv/.installed" in text:
+            setup = t - events[0][0]
     out = {"log": str(path), "span_s": events[-1][0] - events[0][0], "dvc_stages_s": stages}
-    if setup is not None: out["venv_setup_s"] = setup
-    if parallel: out |= {"parallel_stages_s": parallel, "parallel_span_s": last_parallel - first_parallel}
-    if open_stage: out["unfinished_stage"] = open_stage[0]
+    if setup is not None:
+        out["venv_setup_s"] = setup
+    if parallel:
+        out |= {"parallel_stages_s": parallel, "parallel_span_s": last_parallel - first_parallel}
+    if open_stage:
+        out["unfinished_stage"] = open_stage[0]
     return out
 
 
 def eval_seconds(lock: Path) -> dict[str, float]:
     "Per stage of a dvc.lock: the summed `wall_s` of the eval.json in its outputs (stages without one are left out)."
     import yaml
+
     stages = yaml.safe_load(lock.read_text())["stages"]
     out = {}
     for name, st in stages.items():
         for o in st.get("outs", []):
-            f = lock.parent/o["path"]/"eval.json"
+            f = lock.parent / o["path"] / "eval.json"
             if f.is_file():
-                out[name] = sum(float(v["wall_s"]) for v in json.loads(f.read_text()).values() if isinstance(v, dict) and "wall_s" in v)
+                out[name] = sum(
+                    float(v["wall_s"])
+                    for v in json.loads(f.read_text()).values()
+                    if isinstance(v, dict) and "wall_s" in v
+                )
     return out
 
 
@@ -67,14 +85,23 @@ def main(argv=None) -> int:
     p.add_argument("logs", nargs="+", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--note", default="", help="free text stored with the numbers (how the run was made)")
-    p.add_argument("--lock", type=Path, default=None, help="the run's dvc.lock: split the RL stages' time into training and evaluation")
+    p.add_argument(
+        "--lock",
+        type=Path,
+        default=None,
+        help="the run's dvc.lock: split the RL stages' time into training and evaluation",
+    )
     a = p.parse_args(argv)
     parts = [parse(l) for l in a.logs]
     if a.lock:
         ev = eval_seconds(a.lock)
         for x in parts:
             if "parallel_stages_s" in x:
-                x["rl_split_s"] = {n: {"eval_s": ev[n], "train_s": round(t - ev[n], 1)} for n, t in x["parallel_stages_s"].items() if n in ev}
+                x["rl_split_s"] = {
+                    n: {"eval_s": ev[n], "train_s": round(t - ev[n], 1)}
+                    for n, t in x["parallel_stages_s"].items()
+                    if n in ev
+                }
     res = {"note": a.note, "total_s": sum(x["span_s"] for x in parts), "logs": parts}
     write_json_atomic(a.out, res)
     print(json.dumps({"total_s": res["total_s"], **{x["log"]: x["dvc_stages_s"] for x in parts}}))

@@ -14,21 +14,26 @@ Each stage's output goes to work/logs/<stage>.log; wall times are added to work/
     .venv/bin/python scripts/repro_parallel.py --jobs 2 'rl@*' 'rl_variant@*'
     .venv/bin/python scripts/repro_parallel.py --jobs 2 --force 'rl_sweep@*'     # the frozen tuning sweep
 """
+
 from __future__ import annotations
 import argparse, fnmatch, json, os, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-LOGS = ROOT/"work"/"logs"
+LOGS = ROOT / "work" / "logs"
 
 
 def dvc(*args: str, tries: int = 30) -> str:
     "Run the project's dvc; return stdout. Waits while another dvc holds the repo lock; raises with its stderr on failure."
     for _ in range(tries):
-        r = subprocess.run([str(BIN/"dvc"), *args], cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        if r.returncode == 0: return r.stdout
-        if "lock" not in (r.stderr + r.stdout).lower(): break
+        r = subprocess.run(
+            [str(BIN / "dvc"), *args], cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL
+        )
+        if r.returncode == 0:
+            return r.stdout
+        if "lock" not in (r.stderr + r.stdout).lower():
+            break
         time.sleep(5)
     raise SystemExit(f"error: dvc {' '.join(args)} failed:\n{r.stderr.strip()}")
 
@@ -39,7 +44,8 @@ def stage_names(patterns: list[str]) -> list[str]:
     out = []
     for p in patterns:
         hit = [n for n in names if fnmatch.fnmatchcase(n, p)]
-        if not hit: raise SystemExit(f"error: no stage matches {p!r}")
+        if not hit:
+            raise SystemExit(f"error: no stage matches {p!r}")
         out += [n for n in hit if n not in out]
     return out
 
@@ -47,6 +53,7 @@ def stage_names(patterns: list[str]) -> list[str]:
 def resolved(names: list[str]) -> dict[str, dict]:
     "Per stage: its resolved command, whether it is frozen, and its upstream stages (DVC's own view)."
     from dvc.repo import Repo
+
     with Repo(str(ROOT)) as repo:
         graph = repo.index.graph
         out = {}
@@ -71,42 +78,67 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="run every target, even up-to-date or frozen ones")
     ap.add_argument("--dry", action="store_true", help="print what would run")
     a = ap.parse_args(argv)
-    if a.jobs < 1 or a.threads < 1: raise SystemExit("error: --jobs and --threads must be >= 1")
+    if a.jobs < 1 or a.threads < 1:
+        raise SystemExit("error: --jobs and --threads must be >= 1")
     names = stage_names(a.targets)
     info = resolved(names)
     upstream = sorted({u for n in names for u in info[n]["upstream"] if u not in names})
     stale = out_of_date(upstream) if upstream else []
-    if stale: raise SystemExit(f"error: upstream stages are out of date: {', '.join(stale)} (run `dvc repro {' '.join(stale)}` first)")
+    if stale:
+        raise SystemExit(
+            f"error: upstream stages are out of date: {', '.join(stale)} (run `dvc repro {' '.join(stale)}` first)"
+        )
     todo = names if a.force else out_of_date(names)
     print(f"{len(todo)} of {len(names)} stage(s) to run, {a.jobs} at a time, OMP_NUM_THREADS={a.threads}", flush=True)
     if a.dry:
-        for n in todo: print(f"{n}: {info[n]['cmd']}")
+        for n in todo:
+            print(f"{n}: {info[n]['cmd']}")
         return 0
     LOGS.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    timings_path = LOGS/"timings.json"
+    timings_path = LOGS / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     queue, running, failed = list(todo), {}, []
     while queue or running:
         while queue and len(running) < a.jobs and not failed:
             n = queue.pop(0)
-            log = open(LOGS/f"{n.replace('@', '_')}.log", "w")
-            running[n] = (subprocess.Popen(info[n]["cmd"], shell=True, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL), time.time(), log)
+            log = open(LOGS / f"{n.replace('@', '_')}.log", "w")
+            running[n] = (
+                subprocess.Popen(
+                    info[n]["cmd"],
+                    shell=True,
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                ),
+                time.time(),
+                log,
+            )
             print(f"started {n}", flush=True)
         time.sleep(2)
         for n, (p, t0, log) in list(running.items()):
-            if p.poll() is None: continue
-            log.close(); del running[n]
+            if p.poll() is None:
+                continue
+            log.close()
+            del running[n]
             wall = time.time() - t0
             if p.returncode != 0:
-                failed.append(n); print(f"FAILED {n} (exit {p.returncode}, {wall:.0f} s): see {LOGS/(n.replace('@', '_') + '.log')}", flush=True)
+                failed.append(n)
+                print(
+                    f"FAILED {n} (exit {p.returncode}, {wall:.0f} s): see {LOGS / (n.replace('@', '_') + '.log')}",
+                    flush=True,
+                )
                 continue
             dvc("commit", "--force", n)
             timings[n] = {"wall_s": round(wall, 1), "jobs": a.jobs, "threads": a.threads}
-            tmp = timings_path.with_suffix(".tmp"); tmp.write_text(json.dumps(timings, indent=1)); tmp.replace(timings_path)
+            tmp = timings_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(timings, indent=1))
+            tmp.replace(timings_path)
             print(f"done {n} in {wall:.0f} s (committed)", flush=True)
-        if failed: queue.clear()
+        if failed:
+            queue.clear()
     return 1 if failed else 0
 
 

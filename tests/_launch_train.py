@@ -6,6 +6,7 @@ test-only hooks set by environment variables:
 - MASKFOCUS_TEST_KILL_AT=N: SIGKILL this process right after the first file of checkpoint N has been written.
 
 Not collected by pytest (the name does not start with `test_`)."""
+
 import os, signal, sys
 
 import numpy as np
@@ -13,6 +14,7 @@ import numpy as np
 
 class Redness:
     "Stand-in reward: the fraction of pixels whose red channel dominates."
+
     name = "redness"
 
     def __call__(self, images, prompts, metadata=None):
@@ -25,18 +27,23 @@ def install_hooks():
     "Apply the hooks requested by the environment."
     import maskfocus.runs as ck
     import maskfocus.rl.trainer as tr
+
     if os.environ.get("MASKFOCUS_TEST_REWARD") == "redness":
         tr.make_reward = lambda spec, **kw: Redness()
     kill = os.environ.get("MASKFOCUS_TEST_KILL_AT")
     if kill:
         real = ck.save_file
+
         def save_file(tensors, path, *args, **kw):
             real(tensors, path, *args, **kw)
-            if f".step_{int(kill):07d}." in str(path): os.kill(os.getpid(), signal.SIGKILL)
+            if f".step_{int(kill):07d}." in str(path):
+                os.kill(os.getpid(), signal.SIGKILL)
+
         ck.save_file = save_file
 
 
 if __name__ == "__main__":
     install_hooks()
     from maskfocus.rl.trainer import train_main
+
     sys.exit(train_main())

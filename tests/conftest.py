@@ -10,10 +10,15 @@ BIN = Path(sys.executable).parent
 def run_cli():
     "Run the installed `maskfocus` command; return the CompletedProcess."
     import subprocess
+
     exe = shutil.which("maskfocus", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     assert exe, "the `maskfocus` entry point is not installed (pip install -e .)"
+
     def run(*args, cwd=None):
-        return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [exe, *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT, stdin=subprocess.DEVNULL
+        )
+
     return run
 
 
@@ -21,6 +26,7 @@ def run_cli():
 def one_thread():
     "Tests use tiny tensors: extra intra-op threads only contend on a shared CPU. Restored afterwards."
     import torch
+
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -1,31 +1,36 @@
 "The DVC project: data.dvc matches the committed data/, and dvc.yaml reads only params that exist."
+
 import json, os, subprocess, sys
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DVC = str(Path(sys.executable).parent/"dvc")
+DVC = str(Path(sys.executable).parent / "dvc")
 
 
 def test_data_dvc_is_clean():
-    r = subprocess.run([DVC, "status", "data.dvc", "--json"], cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        [DVC, "status", "data.dvc", "--json"], cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout or "{}") == {}, f"data/ differs from data.dvc: {r.stdout} (run `dvc commit data.dvc` after a deliberate change)"
+    assert json.loads(r.stdout or "{}") == {}, (
+        f"data/ differs from data.dvc: {r.stdout} (run `dvc commit data.dvc` after a deliberate change)"
+    )
 
 
 def test_data_dvc_declares_data_without_cache():
-    outs = yaml.safe_load((ROOT/"data.dvc").read_text())["outs"]
+    outs = yaml.safe_load((ROOT / "data.dvc").read_text())["outs"]
     assert [o["path"] for o in outs] == ["data"] and outs[0]["cache"] is False
 
 
 def test_analytics_off():
-    assert "analytics = false" in (ROOT/".dvc"/"config").read_text()
+    assert "analytics = false" in (ROOT / ".dvc" / "config").read_text()
 
 
 def test_stage_params_exist():
-    stages = yaml.safe_load((ROOT/"dvc.yaml").read_text())["stages"]
-    params = yaml.safe_load((ROOT/"params.yaml").read_text())
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for name, st in stages.items():
         for p in st.get("params", []):
             key = p if isinstance(p, str) else next(iter(p))
@@ -37,11 +42,14 @@ def _variant_config(args: str):
     import shlex
     from maskfocus.rl.config import make_config
     from maskfocus.rl.trainer import parse_sets
+
     words, preset, sets = shlex.split(args), "maskfocus", []
     for flag, value in zip(words[::2], words[1::2]):
         assert flag in ("--preset", "--set"), f"unexpected argument {flag} in {args!r}"
-        if flag == "--preset": preset = value
-        else: sets.append(value)
+        if flag == "--preset":
+            preset = value
+        else:
+            sets.append(value)
     return make_config(preset, parse_sets(sets))
 
 
@@ -49,11 +57,20 @@ def test_tiny_variants_mirror_the_pipeline():
     "maskfocus.report.experiments.TINY_VARIANTS (the notebooks' tiny defaults) describe the same runs as params.yaml."
     from maskfocus.rl.config import make_config
     from maskfocus.report.experiments import TINY_VARIANTS
-    params = yaml.safe_load((ROOT/"params.yaml").read_text())
-    pipeline = {**{p: f"--preset {p}" for p in yaml.safe_load((ROOT/"dvc.yaml").read_text())["stages"]["rl"]["matrix"]["preset"]},
-                **{k: v["args"] for k, v in params["rl_variants"].items()}}
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    pipeline = {
+        **{
+            p: f"--preset {p}"
+            for p in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["rl"]["matrix"]["preset"]
+        },
+        **{k: v["args"] for k, v in params["rl_variants"].items()},
+    }
     assert set(TINY_VARIANTS) == set(pipeline)
-    scale_only = {"clip_model", "frac"}  # tiny runs build their own CLIP; at N = 4 the tiny early window is 50 % (documented)
+    scale_only = {
+        "clip_model",
+        "frac",
+    }  # tiny runs build their own CLIP; at N = 4 the tiny early window is 50 % (documented)
     for name, args in pipeline.items():
         want, got = _variant_config(args).to_dict(), make_config(*TINY_VARIANTS[name]).to_dict()
         diff = {k for k in want if want[k] != got[k]} - scale_only
@@ -63,19 +80,24 @@ def test_tiny_variants_mirror_the_pipeline():
 def test_sweep_seeds_repeat_their_entry():
     "Each rl_sweep entry names its seed once; `<entry>-s<n>` repeats `<entry>` (a seed-0 entry) at seed n and changes nothing else."
     import re, shlex
-    sweep = yaml.safe_load((ROOT/"params.yaml").read_text())["rl_sweep"]
+
+    sweep = yaml.safe_load((ROOT / "params.yaml").read_text())["rl_sweep"]
+
     def seed_and_rest(key):
         words = shlex.split(sweep[key])
         assert words.count("--seed") == 1, f"rl_sweep.{key} must name its seed exactly once: {sweep[key]!r}"
         i = words.index("--seed")
-        return int(words[i + 1]), words[:i] + words[i + 2:]
+        return int(words[i + 1]), words[:i] + words[i + 2 :]
+
     repeats = 0
     for key in sweep:
         seed, rest = seed_and_rest(key)
         if m := re.fullmatch(r"(.+)-s(\d+)", key):
             assert m[1] in sweep, f"rl_sweep.{key}: no entry {m[1]!r} to repeat"
             assert seed == int(m[2]) != 0, f"rl_sweep.{key}: the key says seed {m[2]}, the arguments {seed}"
-            assert rest == seed_and_rest(m[1])[1], f"rl_sweep.{key}: arguments differ from rl_sweep.{m[1]} beyond the seed"
+            assert rest == seed_and_rest(m[1])[1], (
+                f"rl_sweep.{key}: arguments differ from rl_sweep.{m[1]} beyond the seed"
+            )
             repeats += 1
         else:
             assert seed == 0, f"rl_sweep.{key}: an entry without -s<n> runs seed 0"
@@ -85,9 +107,14 @@ def test_sweep_seeds_repeat_their_entry():
 def test_sweep_report_reads_its_entries_and_scores_like_the_base():
     "rl_sweep_report takes its entries from params.yaml (and depends on them), and the sweep and its base share one evaluation protocol."
     import re
-    stages = yaml.safe_load((ROOT/"dvc.yaml").read_text())["stages"]
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     report = stages["rl_sweep_report"]
-    assert "-p sweep_params params.yaml" in report["cmd"] and "entries" not in report["cmd"] and "rl_sweep" in report["params"]
+    assert (
+        "-p sweep_params params.yaml" in report["cmd"]
+        and "entries" not in report["cmd"]
+        and "rl_sweep" in report["params"]
+    )
     proto = lambda c: re.search(r"--steps \S+ --cfg \S+\s+--per-tag \S+ --seed \S+", c)[0].split()
     assert proto(stages["rl_sweep"]["do"]["cmd"]) == proto(stages["eval_base_train"]["cmd"])
     assert "sweep_eval" in stages["rl_sweep"]["do"]["params"] and "sweep_eval" in stages["eval_base_train"]["params"]

@@ -1,4 +1,5 @@
 """Tests of `maskfocus.toy.judge`: grammar -> metadata -> scene -> judge round trip, folder judging, bad input."""
+
 import json
 import shutil
 
@@ -38,19 +39,25 @@ def test_detections_are_the_scene(meta, seed):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.sampled_from(world.SHAPES), st.sampled_from(world.COLORS), st.integers(0, 6), st.integers(0, 6),
-       st.integers(0, 3), st.sampled_from(world.COLORS))
+@given(
+    st.sampled_from(world.SHAPES),
+    st.sampled_from(world.COLORS),
+    st.integers(0, 6),
+    st.integers(0, 6),
+    st.integers(0, 3),
+    st.sampled_from(world.COLORS),
+)
 def test_fragments_and_blobs_are_not_objects(shape, color, row, col, q, color2):
     "One quadrant of a shape, or a shape with two quadrants of another colour, is never an object."
     P, o = world.PATCH, world.Obj(shape, color, row, col)
     base = world.render((o,))
     y, x, qy, qx = row * P, col * P, (q // 2) * P, (q % 2) * P
     frag = np.full_like(base, world.BACKGROUND)
-    frag[y + qy:y + qy + P, x + qx:x + qx + P] = base[y + qy:y + qy + P, x + qx:x + qx + P]
+    frag[y + qy : y + qy + P, x + qx : x + qx + P] = base[y + qy : y + qy + P, x + qx : x + qx + P]
     assert find_objects(frag) == {}
     if color2 != color:
         blob = base.copy()
-        cell = blob[y:y + 2 * P, x:x + 2 * P]
+        cell = blob[y : y + 2 * P, x : x + 2 * P]
         half = cell[:, P:] if q % 2 else cell[P:]
         half[(half != world.BACKGROUND).any(-1)] = world.COLOR_RGB[color2]
         assert find_objects(blob) == {}
@@ -65,7 +72,8 @@ def _folder(tmp_path, n_per_prompt=2):
         for m in ps[:2]:
             ims = [world.render(world.sample_scene(m, rng)) for _ in range(n_per_prompt)]
             ims.append(world.render(world.sample_scene(ps[-1] if m is not ps[-1] else ps[0], rng)))
-            metas.append(m); images.append(ims)
+            metas.append(m)
+            images.append(ims)
     save_samples(tmp_path / "gen", metas, images)
     return tmp_path / "gen", metas, images
 
@@ -81,14 +89,17 @@ def test_judge_folder_matches_direct_judging(tmp_path):
     assert rows[0]["filename"].endswith("00000/samples/0000.png")
     assert list(rows[0])[:7] == ["filename", "tag", "prompt", "correct", "reason", "metadata", "details"]
     assert 0 < summary["overall"] < 1 and summary["images"] == len(direct)
-    batch = judge_batch(np.stack([im for ims in images for im in ims]), [m for m, ims in zip(metas, images) for _ in ims])
+    batch = judge_batch(
+        np.stack([im for ims in images for im in ims]), [m for m, ims in zip(metas, images) for _ in ims]
+    )
     assert batch == direct
 
 
 def _expect_error(folder, out, *needles):
     with pytest.raises(InputError) as e:
         judge_folder(folder, out)
-    for s in needles: assert s in str(e.value), str(e.value)
+    for s in needles:
+        assert s in str(e.value), str(e.value)
     return e.value
 
 
@@ -102,7 +113,8 @@ def bad_folder(tmp_path):
     assert out.read_text() == "old\n", "out_jsonl was touched on error"
     assert [p.name for p in out.parent.iterdir()] == ["results.jsonl"], "a temporary file was left behind"
     new = tmp_path / "never.jsonl"
-    with pytest.raises(InputError): judge_folder(folder, new)
+    with pytest.raises(InputError):
+        judge_folder(folder, new)
     assert not new.exists(), "out_jsonl was created on error"
 
 
@@ -143,24 +155,32 @@ def test_bad_metadata_field(bad_folder):
 
 
 def test_missing_folder(tmp_path):
-    with pytest.raises(InputError, match="folder not found"): judge_folder(tmp_path / "nope", tmp_path / "r.jsonl")
+    with pytest.raises(InputError, match="folder not found"):
+        judge_folder(tmp_path / "nope", tmp_path / "r.jsonl")
     assert not (tmp_path / "r.jsonl").exists()
 
 
-@pytest.mark.parametrize("image, field", [
-    (np.zeros((32, 32, 3), np.uint8), "image.shape"),
-    (np.zeros((64, 64), np.uint8), "image.shape"),
-    (np.zeros((64, 64, 4), np.uint8), "image.shape"),
-    (np.zeros((64, 64, 3), np.float32), "image.dtype"),
-])
+@pytest.mark.parametrize(
+    "image, field",
+    [
+        (np.zeros((32, 32, 3), np.uint8), "image.shape"),
+        (np.zeros((64, 64), np.uint8), "image.shape"),
+        (np.zeros((64, 64, 4), np.uint8), "image.shape"),
+        (np.zeros((64, 64, 3), np.float32), "image.dtype"),
+    ],
+)
 def test_judge_image_rejects_bad_images(image, field):
-    with pytest.raises(InputError) as e: judge_image(image, PROMPTS[0])
+    with pytest.raises(InputError) as e:
+        judge_image(image, PROMPTS[0])
     assert e.value.field == field and f"field '{field}'" in str(e.value)
 
 
 def test_judge_batch_bad_input():
     ims = np.stack([world.render(world.sample_scene(m, np.random.default_rng(0))) for m in PROMPTS[:2]])
-    with pytest.raises(InputError, match="field 'metas'"): judge_batch(ims, PROMPTS[:1])
-    with pytest.raises(InputError, match=r"field 'images\[1\].shape'"): judge_batch([ims[0], ims[1, :10]], PROMPTS[:2])
-    with pytest.raises(InputError, match=r"field 'metas\[0\].tag'"): judge_batch(ims, [{**PROMPTS[0], "tag": "x"}, PROMPTS[1]])
+    with pytest.raises(InputError, match="field 'metas'"):
+        judge_batch(ims, PROMPTS[:1])
+    with pytest.raises(InputError, match=r"field 'images\[1\].shape'"):
+        judge_batch([ims[0], ims[1, :10]], PROMPTS[:2])
+    with pytest.raises(InputError, match=r"field 'metas\[0\].tag'"):
+        judge_batch(ims, [{**PROMPTS[0], "tag": "x"}, PROMPTS[1]])
     assert [r["correct"] for r in judge_batch(ims, PROMPTS[:2])] == [True, True]

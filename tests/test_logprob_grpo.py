@@ -1,6 +1,7 @@
 """Cross-module tests of `maskfocus.rl.logprob` and `maskfocus.rl.grpo` on a tiny random toy pipeline: every estimator's
 plan + conditional forward pass on a real trajectory, the step alignment against `maskfocus.rl.css`, trajectory replay
 reproducing the rollout's own confidences, and one AdamW step on the GRPO loss that moves every transformer weight."""
+
 import copy
 import math
 from types import SimpleNamespace
@@ -9,8 +10,17 @@ import pytest
 import torch
 
 from maskfocus.rl.grpo import group_advantages, grpo_loss, k3_kl
-from maskfocus.rl.logprob import (ESTIMATORS, RemaskRandom, RemaskSchedule, StepBatch, TrajectoryMask, TrajectoryReplay,
-                               aligned_counts_timesteps, make_estimator, step_logps)
+from maskfocus.rl.logprob import (
+    ESTIMATORS,
+    RemaskRandom,
+    RemaskSchedule,
+    StepBatch,
+    TrajectoryMask,
+    TrajectoryReplay,
+    aligned_counts_timesteps,
+    make_estimator,
+    step_logps,
+)
 from maskfocus.toy.pipeline import toy_pipeline
 
 try:  # written by another worker; the hand-made trajectory below stands in when it is absent
@@ -20,8 +30,6 @@ except ImportError:  # pragma: no cover
 
 G, N = 4, 8
 PROMPTS = ["a photo of a red circle", "two blue squares"]
-
-
 
 
 def gen(seed):
@@ -38,14 +46,21 @@ def hand_trajectory(B, N, grid, V, seed=0):
     g = gen(seed)
     HW = grid[0] * grid[1]
     cs = torch.rand(B, HW, generator=g).argsort(1).argsort(1) * N // HW
-    return SimpleNamespace(tokens=torch.randint(0, V, (B, HW), generator=g), commit_step=cs.short(),
-                           timesteps=torch.arange(N).flip(0), min_kept_conf=torch.rand(N, B, generator=g) * 0.05 + 0.005,
-                           grid=tuple(grid), group_size=G, x0=None)
+    return SimpleNamespace(
+        tokens=torch.randint(0, V, (B, HW), generator=g),
+        commit_step=cs.short(),
+        timesteps=torch.arange(N).flip(0),
+        min_kept_conf=torch.rand(N, B, generator=g) * 0.05 + 0.005,
+        grid=tuple(grid),
+        group_size=G,
+        x0=None,
+    )
 
 
 @pytest.fixture(scope="module")
 def traj(pipe):
-    if rollout is None: return hand_trajectory(len(PROMPTS) * G, N, pipe.grid, pipe.transformer.codebook_size)
+    if rollout is None:
+        return hand_trajectory(len(PROMPTS) * G, N, pipe.grid, pipe.transformer.codebook_size)
     return rollout(pipe, PROMPTS, group_size=G, N=N, generator=gen(0))
 
 
@@ -69,10 +84,18 @@ def test_alignment_matches_css(traj):
         assert torch.equal(c, css.train_mask_count(traj, st, al)) and torch.equal(t, css.train_timestep(traj, st, al))
 
 
-@pytest.mark.parametrize("name,knobs", [("remask_random", {}), ("remask_random", {"shared_positions": False}),
-                                        ("remask_random", {"alignment": "consistent"}), ("trajectory_mask", {}),
-                                        ("remask_schedule", {"mu": 3, "min_mask_rate": 0.5}), ("trajectory_replay", {}),
-                                        ("trajectory_replay", {"candidate": 2})])
+@pytest.mark.parametrize(
+    "name,knobs",
+    [
+        ("remask_random", {}),
+        ("remask_random", {"shared_positions": False}),
+        ("remask_random", {"alignment": "consistent"}),
+        ("trajectory_mask", {}),
+        ("remask_schedule", {"mu": 3, "min_mask_rate": 0.5}),
+        ("trajectory_replay", {}),
+        ("trajectory_replay", {"candidate": 2}),
+    ],
+)
 def test_estimator_on_toy(pipe, traj, cond, name, knobs):
     m = pipe.transformer
     est = make_estimator(name, mask_id=m.mask_token_id, **knobs)
@@ -85,16 +108,20 @@ def test_estimator_on_toy(pipe, traj, cond, name, knobs):
     for k, pb in enumerate(plan):
         assert pb.inputs.shape == (B, *traj.grid) and pb.inputs.dtype == torch.long
         masked = pb.inputs.reshape(B, HW) == m.mask_token_id
-        assert torch.equal(pb.inputs.reshape(B, HW)[~masked], traj.tokens[~masked]), "visible positions hold the final tokens"
+        assert torch.equal(pb.inputs.reshape(B, HW)[~masked], traj.tokens[~masked]), (
+            "visible positions hold the final tokens"
+        )
         if name != "remask_schedule":
-            s = sel.steps[:, k:k + 1]
+            s = sel.steps[:, k : k + 1]
             after = cs > s
-            if name == "trajectory_mask": assert torch.equal(pb.score_mask, after) and torch.equal(masked, after)
+            if name == "trajectory_mask":
+                assert torch.equal(pb.score_mask, after) and torch.equal(masked, after)
             if name == "remask_random":
                 assert torch.equal(masked, pb.score_mask)
                 n = after.sum(-1)
                 assert (pb.n_tokens == (n[0] if est.shared_positions else n)).all()
-                if est.shared_positions: assert (pb.score_mask == pb.score_mask[:1]).all()
+                if est.shared_positions:
+                    assert (pb.score_mask == pb.score_mask[:1]).all()
                 assert torch.equal(pb.timestep, traj.timesteps[s[:, 0] + (est.alignment == "consistent")])
             if name == "trajectory_replay":
                 assert torch.equal(masked, cs >= s) and torch.equal(pb.timestep, traj.timesteps[s[:, 0]])
@@ -112,7 +139,11 @@ def test_remask_schedule_seed_gives_identical_passes(pipe, traj, cond):
     for j in range(4):
         a = est.plan(traj, None, gen(j), inner=j)[0]
         b = est.plan(traj, None, gen(100 + j), inner=j, seed=a.extra["seed"])[0]
-        assert torch.equal(a.inputs, b.inputs) and torch.equal(a.score_mask, b.score_mask) and torch.equal(a.timestep, b.timestep)
+        assert (
+            torch.equal(a.inputs, b.inputs)
+            and torch.equal(a.score_mask, b.score_mask)
+            and torch.equal(a.timestep, b.timestep)
+        )
         with torch.no_grad():
             assert torch.equal(step_logps(m, a, *cond, est), step_logps(m, b, *cond, est))
         assert abs(a.score_mask.float().mean().item() - est.ratio(j)) < 0.15
@@ -124,8 +155,21 @@ def test_replay_reproduces_rollout_confidence(pipe, cond):
     the smallest replayed p(newly unmasked token) at each step is the stored min_kept_conf, and every re-masked
     position's drawn token lies below it, so candidate 1's mass is at least its probability."""
     m, (h, p, mc) = pipe.transformer, cond
-    tr = record_trajectory(m, h, p, None, None, mc, N=N, cfg=None, generator=gen(5), grid=pipe.grid, group_size=G,
-                           dr=DRConfig(enabled=False), tau=(0.0, 0.0))
+    tr = record_trajectory(
+        m,
+        h,
+        p,
+        None,
+        None,
+        mc,
+        N=N,
+        cfg=None,
+        generator=gen(5),
+        grid=pipe.grid,
+        group_size=G,
+        dr=DRConfig(enabled=False),
+        tau=(0.0, 0.0),
+    )
     B, HW = tr.tokens.shape
     c1, c2 = TrajectoryReplay(m.mask_token_id), TrajectoryReplay(m.mask_token_id, candidate=2)
     with torch.no_grad():
@@ -137,7 +181,12 @@ def test_replay_reproduces_rollout_confidence(pipe, cond):
             rem = b1.extra["remasked"]
             assert torch.equal(lp1[b1.extra["newly"]], lp2[b1.extra["newly"]])
             if rem.any():
-                drawn = logits.float().reshape(B, logits.shape[1], HW).log_softmax(1).gather(1, tr.x0[s].long()[:, None])[:, 0]
+                drawn = (
+                    logits.float()
+                    .reshape(B, logits.shape[1], HW)
+                    .log_softmax(1)
+                    .gather(1, tr.x0[s].long()[:, None])[:, 0]
+                )
                 assert (lp1[rem] >= drawn[rem] - 1e-5).all() and (lp1[rem] <= 0).all()
 
 
@@ -153,7 +202,7 @@ def test_one_adamw_step_moves_every_parameter(pipe, traj, cond):
     model = copy.deepcopy(ref).train()
     est = RemaskRandom(model.mask_token_id)
     plan = est.plan(traj, selection(traj.tokens.shape[0]), gen(2))
-    adv, info = group_advantages(torch.tensor([1., 0, 0, 1, 0, 1, 1, 0]), G)
+    adv, info = group_advantages(torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 0]), G)
     assert (adv != 0).all() and info["zero_std_frac"] == 0
     with torch.no_grad():
         old = [step_logps(model, pb, *cond, est) for pb in plan]
@@ -166,14 +215,21 @@ def test_one_adamw_step_moves_every_parameter(pipe, traj, cond):
         assert st["ratio_mean"] == 1.0 and st["kl"] == 0.0  # on-policy, policy = reference before the update
         loss.backward()
     grads = {n: q.grad.clone() for n, q in model.named_parameters()}
-    no_grad = [n for n, q in model.named_parameters() if q.requires_grad and (q.grad is None or not q.grad.abs().sum() > 0)]
+    no_grad = [
+        n for n, q in model.named_parameters() if q.requires_grad and (q.grad is None or not q.grad.abs().sum() > 0)
+    ]
     assert not no_grad, f"parameters without gradient: {no_grad}"
     # the same gradients from one summed loss
     model.zero_grad()
-    sum(grpo_loss(step_logps(model, pb, *cond, est), lo, adv, pb.score_mask, lr, clip=None)[0] for pb, lo, lr in zip(plan, old, refl)).backward()
-    for n, q in model.named_parameters(): assert torch.allclose(q.grad, grads[n], rtol=1e-4, atol=1e-7), n
+    sum(
+        grpo_loss(step_logps(model, pb, *cond, est), lo, adv, pb.score_mask, lr, clip=None)[0]
+        for pb, lo, lr in zip(plan, old, refl)
+    ).backward()
+    for n, q in model.named_parameters():
+        assert torch.allclose(q.grad, grads[n], rtol=1e-4, atol=1e-7), n
     model.zero_grad()
-    for n, q in model.named_parameters(): q.grad = grads[n]
+    for n, q in model.named_parameters():
+        q.grad = grads[n]
     opt.step()
     unchanged = [n for n, q in model.named_parameters() if q.requires_grad and torch.equal(q.detach(), before[n])]
     assert not unchanged, f"parameters not moved by the update: {unchanged}"

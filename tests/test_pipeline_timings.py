@@ -1,4 +1,5 @@
 "scripts/pipeline_timings.py: stage times come from the timestamped log, not from hand."
+
 import json, subprocess, sys
 from pathlib import Path
 
@@ -20,33 +21,66 @@ LOG = """100 test -x .venv/bin/python || python3 -m venv .venv
 
 
 def test_stage_times_from_a_log(tmp_path):
-    (tmp_path/"r.log").write_text(LOG + "no timestamp here\n")
-    out = tmp_path/"t.json"
-    r = subprocess.run([sys.executable, str(ROOT/"scripts"/"pipeline_timings.py"), str(tmp_path/"r.log"), "--out", str(out)],
-                       capture_output=True, text=True)
+    (tmp_path / "r.log").write_text(LOG + "no timestamp here\n")
+    out = tmp_path / "t.json"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "pipeline_timings.py"), str(tmp_path / "r.log"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(out.read_text())["logs"][0]
-    assert d["dvc_stages_s"] == {"train_clip": 10, "judge_groundtruth": 3, "fig2a": 29}  # judge: no lock update, ends at the next line
+    assert d["dvc_stages_s"] == {
+        "train_clip": 10,
+        "judge_groundtruth": 3,
+        "fig2a": 29,
+    }  # judge: no lock update, ends at the next line
     assert d["parallel_stages_s"] == {"rl@a-0": 124.0, "rl@b-0": 133.5} and d["parallel_span_s"] == 310 - 176
     assert d["venv_setup_s"] == 60 and d["span_s"] == 240
 
 
 def test_untimestamped_log_is_refused(tmp_path):
-    (tmp_path/"r.log").write_text("Running stage 'x':\n")
-    r = subprocess.run([sys.executable, str(ROOT/"scripts"/"pipeline_timings.py"), str(tmp_path/"r.log"), "--out", str(tmp_path/"t.json")],
-                       capture_output=True, text=True)
-    assert r.returncode != 0 and "no timestamped lines" in r.stderr and not (tmp_path/"t.json").exists()
+    (tmp_path / "r.log").write_text("Running stage 'x':\n")
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "pipeline_timings.py"),
+            str(tmp_path / "r.log"),
+            "--out",
+            str(tmp_path / "t.json"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0 and "no timestamped lines" in r.stderr and not (tmp_path / "t.json").exists()
 
 
 def test_rl_stage_time_split_by_the_lock(tmp_path):
     "--lock: an RL stage's time minus the wall_s of the eval.json in its outputs is its training time."
-    (tmp_path/"r.log").write_text(LOG)
-    (tmp_path/"results"/"a").mkdir(parents=True)
-    (tmp_path/"results"/"a"/"eval.json").write_text(json.dumps({"N=16,cfg=3": {"overall": 0.5, "wall_s": 20.5}, "N=8,cfg=3": {"wall_s": 3.5}}))
-    (tmp_path/"dvc.lock").write_text("schema: '2.0'\nstages:\n  rl@a-0:\n    outs:\n    - path: work/a\n    - path: results/a\n"
-                                     "  rl@b-0:\n    outs:\n    - path: results/b\n")
-    out = tmp_path/"t.json"
-    r = subprocess.run([sys.executable, str(ROOT/"scripts"/"pipeline_timings.py"), str(tmp_path/"r.log"), "--out", str(out),
-                        "--lock", str(tmp_path/"dvc.lock")], capture_output=True, text=True)
+    (tmp_path / "r.log").write_text(LOG)
+    (tmp_path / "results" / "a").mkdir(parents=True)
+    (tmp_path / "results" / "a" / "eval.json").write_text(
+        json.dumps({"N=16,cfg=3": {"overall": 0.5, "wall_s": 20.5}, "N=8,cfg=3": {"wall_s": 3.5}})
+    )
+    (tmp_path / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  rl@a-0:\n    outs:\n    - path: work/a\n    - path: results/a\n"
+        "  rl@b-0:\n    outs:\n    - path: results/b\n"
+    )
+    out = tmp_path / "t.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "pipeline_timings.py"),
+            str(tmp_path / "r.log"),
+            "--out",
+            str(out),
+            "--lock",
+            str(tmp_path / "dvc.lock"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
-    assert json.loads(out.read_text())["logs"][0]["rl_split_s"] == {"rl@a-0": {"eval_s": 24.0, "train_s": 100.0}}  # b has no eval.json
+    assert json.loads(out.read_text())["logs"][0]["rl_split_s"] == {
+        "rl@a-0": {"eval_s": 24.0, "train_s": 100.0}
+    }  # b has no eval.json

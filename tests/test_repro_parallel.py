@@ -1,4 +1,5 @@
 "scripts/repro_parallel.py: independent stages run side by side and end up recorded in dvc.lock as `dvc repro` would."
+
 import json, shutil, subprocess, sys, textwrap
 from pathlib import Path
 
@@ -6,27 +7,30 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SCRIPT = ROOT/"scripts"/"repro_parallel.py"
+SCRIPT = ROOT / "scripts" / "repro_parallel.py"
 
 
 def run(args, cwd, check=True):
     r = subprocess.run(args, cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if check and r.returncode != 0: raise AssertionError(f"{args} failed:\n{r.stdout}\n{r.stderr}")
+    if check and r.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{r.stdout}\n{r.stderr}")
     return r
 
 
 @pytest.fixture
 def project(tmp_path):
     "A tiny git + DVC project: `src` -> upstream stage `up` -> three independent stages `leaf@a|b|c` (one per item)."
-    if shutil.which("git") is None: pytest.skip("git is not installed")
-    (tmp_path/"scripts").mkdir()
-    shutil.copy(SCRIPT, tmp_path/"scripts"/SCRIPT.name)
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(SCRIPT, tmp_path / "scripts" / SCRIPT.name)
     run(["git", "init", "-q"], tmp_path)
-    run([str(BIN/"dvc"), "init", "-q"], tmp_path)
-    run([str(BIN/"dvc"), "config", "core.analytics", "false"], tmp_path)
-    (tmp_path/"src.txt").write_text("hello\n")
-    (tmp_path/"params.yaml").write_text("leaves: {a: 1, b: 2, c: 3}\n")
-    (tmp_path/"dvc.yaml").write_text(textwrap.dedent("""\
+    run([str(BIN / "dvc"), "init", "-q"], tmp_path)
+    run([str(BIN / "dvc"), "config", "core.analytics", "false"], tmp_path)
+    (tmp_path / "src.txt").write_text("hello\n")
+    (tmp_path / "params.yaml").write_text("leaves: {a: 1, b: 2, c: 3}\n")
+    (tmp_path / "dvc.yaml").write_text(
+        textwrap.dedent("""\
         stages:
           up:
             cmd: cp src.txt up.txt
@@ -40,16 +44,17 @@ def project(tmp_path):
                 - up.txt
               outs:
                 - leaf_${key}.txt
-        """))
+        """)
+    )
     return tmp_path
 
 
 def script(project, *args, check=True):
-    return run([sys.executable, str(project/"scripts"/SCRIPT.name), *args], project, check=check)
+    return run([sys.executable, str(project / "scripts" / SCRIPT.name), *args], project, check=check)
 
 
 def status(project) -> dict:
-    return json.loads(run([str(BIN/"dvc"), "status", "--json"], project).stdout or "{}")
+    return json.loads(run([str(BIN / "dvc"), "status", "--json"], project).stdout or "{}")
 
 
 def test_refuses_when_upstream_is_stale(project):
@@ -59,23 +64,25 @@ def test_refuses_when_upstream_is_stale(project):
 
 
 def test_runs_side_by_side_and_records_the_lock(project):
-    run([str(BIN/"dvc"), "repro", "up"], project)
+    run([str(BIN / "dvc"), "repro", "up"], project)
     r = script(project, "--jobs", "2", "--threads", "1", "leaf@*")
     assert "3 of 3 stage(s) to run" in r.stdout
     for k, v in {"a": 1, "b": 2, "c": 3}.items():
-        assert (project/f"leaf_{k}.txt").read_text() == f"{v} 1\nhello\n"  # the stage's own command, with OMP_NUM_THREADS=1
+        assert (
+            project / f"leaf_{k}.txt"
+        ).read_text() == f"{v} 1\nhello\n"  # the stage's own command, with OMP_NUM_THREADS=1
     assert status(project) == {}, "dvc sees every stage as up to date, as after `dvc repro`"
-    lock = (project/"dvc.lock").read_text()
+    lock = (project / "dvc.lock").read_text()
     assert all(f"leaf@{k}" in lock for k in "abc")
-    timings = json.loads((project/"work"/"logs"/"timings.json").read_text())
+    timings = json.loads((project / "work" / "logs" / "timings.json").read_text())
     assert set(timings) == {"leaf@a", "leaf@b", "leaf@c"} and all(t["wall_s"] >= 1 for t in timings.values())
     again = script(project, "leaf@*")
     assert "0 of 3 stage(s) to run" in again.stdout, "a second run is a no-op"
 
 
 def test_a_failing_stage_is_not_recorded(project):
-    run([str(BIN/"dvc"), "repro", "up"], project)
-    (project/"dvc.yaml").write_text((project/"dvc.yaml").read_text().replace("sleep 1 &&", "test ${key} != b &&"))
+    run([str(BIN / "dvc"), "repro", "up"], project)
+    (project / "dvc.yaml").write_text((project / "dvc.yaml").read_text().replace("sleep 1 &&", "test ${key} != b &&"))
     r = script(project, "--jobs", "1", "leaf@*", check=False)
     assert r.returncode == 1 and "FAILED leaf@b" in r.stdout
     assert "leaf@b" in status(project) and "leaf@a" not in status(project)

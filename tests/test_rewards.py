@@ -1,4 +1,5 @@
 """Tests of `maskfocus.rl.rewards`: judge reward kinds, the weighted sum's info, the JSON reward server and its client."""
+
 import base64
 import inspect
 import json
@@ -13,18 +14,40 @@ from maskfocus.rl import rewards
 from maskfocus.toy import world
 from maskfocus.core import InputError
 from maskfocus.geneval import TAGS
-from maskfocus.rl.rewards import (JudgeReward, RemoteReward, RewardServerError, WeightedReward, encode_images, jsonable,
-                               make_reward, reward_metrics, serve_reward)
+from maskfocus.rl.rewards import (
+    JudgeReward,
+    RemoteReward,
+    RewardServerError,
+    WeightedReward,
+    encode_images,
+    jsonable,
+    make_reward,
+    reward_metrics,
+    serve_reward,
+)
 
 O = world.Obj
 # (metadata, ground truth, counterfactual with one thing wrong); partial scores of the counterfactuals by hand
 CASES = [
     (world.make_metadata("single_object", ["square"]), (O("square", "red", 1, 1),), (O("triangle", "red", 1, 1),), 0.0),
-    (world.make_metadata("counting", ["circle"], count=2), (O("circle", "blue", 0, 0), O("circle", "blue", 5, 5)),
-     (O("circle", "blue", 0, 0),), 0.5),
-    (world.make_metadata("colors", ["triangle"], colors=["green"]), (O("triangle", "green", 2, 2),), (O("triangle", "red", 2, 2),), 0.5),
-    (world.make_metadata("position", ["square", "circle"], relation="above"), (O("square", "red", 0, 3), O("circle", "blue", 5, 3)),
-     (O("square", "red", 5, 3), O("circle", "blue", 0, 3)), 2 / 3),
+    (
+        world.make_metadata("counting", ["circle"], count=2),
+        (O("circle", "blue", 0, 0), O("circle", "blue", 5, 5)),
+        (O("circle", "blue", 0, 0),),
+        0.5,
+    ),
+    (
+        world.make_metadata("colors", ["triangle"], colors=["green"]),
+        (O("triangle", "green", 2, 2),),
+        (O("triangle", "red", 2, 2),),
+        0.5,
+    ),
+    (
+        world.make_metadata("position", ["square", "circle"], relation="above"),
+        (O("square", "red", 0, 3), O("circle", "blue", 5, 3)),
+        (O("square", "red", 5, 3), O("circle", "blue", 0, 3)),
+        2 / 3,
+    ),
 ]
 
 
@@ -38,8 +61,12 @@ def batch():
 
 class Const:
     "A stub reward with fixed scores."
-    def __init__(self, values): self.values = np.asarray(values, np.float32)
-    def __call__(self, images, prompts, metadata=None): return self.values[:len(images)], {"mean": float(self.values.mean())}
+
+    def __init__(self, values):
+        self.values = np.asarray(values, np.float32)
+
+    def __call__(self, images, prompts, metadata=None):
+        return self.values[: len(images)], {"mean": float(self.values.mean())}
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +81,14 @@ def post(url, body: bytes):
     "POST raw bytes; (status, JSON answer)."
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(urllib.request.Request(url, data=body, method="POST"), timeout=10) as r: return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e: return e.code, json.loads(e.read())
+        with opener.open(urllib.request.Request(url, data=body, method="POST"), timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 # --- judge rewards
+
 
 def test_judge_kinds(batch):
     images, prompts, metas = batch
@@ -66,7 +96,8 @@ def test_judge_kinds(batch):
     b, bi = JudgeReward("binary")(images, prompts, metas)
     p, pi = JudgeReward("partial")(images, prompts, metas)
     s, si = JudgeReward("strict")(images, prompts, metas)
-    for x in (b, p, s): assert x.dtype == np.float32 and x.shape == (2 * n,) and (x[:n] == 1).all()
+    for x in (b, p, s):
+        assert x.dtype == np.float32 and x.shape == (2 * n,) and (x[:n] == 1).all()
     assert (b[n:] == 0).all() and (s[n:] == 0).all()
     assert np.allclose(p[n:], [c[3] for c in CASES])
     assert bi["correct"] == si["strict_correct"] == n and bi["images"] == 2 * n and bi["accuracy"] == 0.5
@@ -85,21 +116,36 @@ def test_binary_is_not_strict():
 
 def test_judge_bad_input(batch):
     images, prompts, metas = batch
-    with pytest.raises(InputError, match="field 'metadata'"): JudgeReward()(images, prompts)
-    with pytest.raises(InputError, match=r"field 'metadata\[0\]\.tag'"): JudgeReward()(images[:1], prompts[:1], [{**metas[0], "tag": "poses"}])
-    with pytest.raises(InputError, match="field 'kind'"): JudgeReward("soft")
-    with pytest.raises(InputError, match="field 'prompts'"): JudgeReward()(images, prompts[:1], metas)
+    with pytest.raises(InputError, match="field 'metadata'"):
+        JudgeReward()(images, prompts)
+    with pytest.raises(InputError, match=r"field 'metadata\[0\]\.tag'"):
+        JudgeReward()(images[:1], prompts[:1], [{**metas[0], "tag": "poses"}])
+    with pytest.raises(InputError, match="field 'kind'"):
+        JudgeReward("soft")
+    with pytest.raises(InputError, match="field 'prompts'"):
+        JudgeReward()(images, prompts[:1], metas)
 
 
 # --- weighted sum
+
 
 def test_weighted_arithmetic_and_info(batch):
     images, prompts, metas = batch
     w = WeightedReward({"a": (Const(np.arange(8)), 0.25), "judge": (JudgeReward(), 2.0)})
     s, info = w(images, prompts, metas)
     assert s.dtype == np.float32 and np.allclose(s, 0.25 * np.arange(8) + 2.0 * np.r_[np.ones(4), np.zeros(4)])
-    assert {"mean", "std", "weights", "per_reward", "per_reward_mean", "per_tag", "per_tag_reward", "judge_accuracy",
-            "components", "seconds"} <= set(info)
+    assert {
+        "mean",
+        "std",
+        "weights",
+        "per_reward",
+        "per_reward_mean",
+        "per_tag",
+        "per_tag_reward",
+        "judge_accuracy",
+        "components",
+        "seconds",
+    } <= set(info)
     assert set(info["per_reward"]) == set(info["per_tag_reward"]) == {"a", "judge"}
     assert info["per_reward"]["a"].tolist() == list(range(8))
     assert info["per_tag"]["counting"] == pytest.approx(np.mean([0.25 * 1 + 2, 0.25 * 5]))
@@ -113,10 +159,14 @@ def test_weighted_arithmetic_and_info(batch):
 def test_monitor_reports_accuracy_without_judge(batch):
     "A run trained on another reward still logs the judge's binary accuracy per tag."
     images, prompts, metas = batch
-    s, info = WeightedReward({"c": (Const(np.full(8, 0.3)), 1.0)}, monitor=JudgeReward("binary"))(images, prompts, metas)
+    s, info = WeightedReward({"c": (Const(np.full(8, 0.3)), 1.0)}, monitor=JudgeReward("binary"))(
+        images, prompts, metas
+    )
     assert np.allclose(s, 0.3) and info["judge_accuracy"]["source"] == "monitor"
     assert set(info["judge_accuracy"]["per_tag"].values()) == {0.5}
-    _, info = WeightedReward({"c": (Const(np.full(8, 0.3)), 1.0)}, monitor=Const(np.r_[np.ones(4), np.zeros(4)]))(images, prompts, metas)
+    _, info = WeightedReward({"c": (Const(np.full(8, 0.3)), 1.0)}, monitor=Const(np.r_[np.ones(4), np.zeros(4)]))(
+        images, prompts, metas
+    )
     assert info["judge_accuracy"]["overall"] == 0.5, "a monitor without per_tag_accuracy: its scores are the verdicts"
     _, info = make_reward({"judge": 1.0})(images, prompts, metas)
     assert "monitor" not in info["components"], "the judge is not run twice"
@@ -125,8 +175,9 @@ def test_monitor_reports_accuracy_without_judge(batch):
 def test_make_reward_clip(tmp_path, batch):
     "A CLIP-only spec: lazy loading, raw cosine, and judge accuracy from the monitor."
     from maskfocus.toy.clip import ClipConfig, build_clip, save_clip
+
     cfg = ClipConfig.tiny()
-    folder = save_clip(build_clip(cfg), cfg, tmp_path/"clip")
+    folder = save_clip(build_clip(cfg), cfg, tmp_path / "clip")
     images, prompts, metas = batch
     r = make_reward({"clip": 1.0}, clip_model=folder)
     assert r.rewards["clip"]._scorer is None
@@ -136,13 +187,24 @@ def test_make_reward_clip(tmp_path, batch):
     assert np.allclose(s2, 100 * s, atol=1e-3)
 
 
-@pytest.mark.parametrize("spec,field", [({"judge": 1, "hps": 1}, "hps"), ({"judge": "1"}, "judge"), ({"clip": 1}, "clip"),
-                                        ({}, "reward"), ({"judge": float("inf")}, "judge"), ({"judge": None}, "judge")])
+@pytest.mark.parametrize(
+    "spec,field",
+    [
+        ({"judge": 1, "hps": 1}, "hps"),
+        ({"judge": "1"}, "judge"),
+        ({"clip": 1}, "clip"),
+        ({}, "reward"),
+        ({"judge": float("inf")}, "judge"),
+        ({"judge": None}, "judge"),
+    ],
+)
 def test_bad_spec(spec, field):
-    with pytest.raises(InputError, match=f"field '{field}'"): make_reward(spec)
+    with pytest.raises(InputError, match=f"field '{field}'"):
+        make_reward(spec)
 
 
 # --- server and client
+
 
 def test_round_trip(served, batch):
     server, url = served
@@ -161,26 +223,37 @@ def test_round_trip_arbitrary_pixels():
     "Random pixels and float scores survive PNG + JSON exactly."
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 20, 24, 3), dtype=np.uint8)
+
     def mean_pixel(images, prompts, metadata=None):
-        return (images.reshape(len(images), -1).mean(1) / 255 + np.float32(1e-7)).astype(np.float32), {"sum": images.sum(axis=(1, 2, 3))}
+        return (images.reshape(len(images), -1).mean(1) / 255 + np.float32(1e-7)).astype(np.float32), {
+            "sum": images.sum(axis=(1, 2, 3))
+        }
+
     server, url = serve_reward(mean_pixel)
     try:
         s, info = RemoteReward(url)(images, ["a", "b", "c"])
         assert np.array_equal(s, mean_pixel(images, None)[0]) and info["sum"] == images.sum(axis=(1, 2, 3)).tolist()
-    finally: server.close()
+    finally:
+        server.close()
 
 
 def test_malformed_requests_get_400_and_server_stays_up(served, batch):
     server, url = served
     images, prompts, metas = batch
     one = encode_images(images[:1])
-    bad = [b"{not json", b"\xff\xfe", b"[]", json.dumps({"prompts": ["x"]}).encode(), json.dumps({"images": one}).encode(),
-           json.dumps({"images": ["***"], "prompts": ["x"]}).encode(),
-           json.dumps({"images": [base64.b64encode(b"not an image").decode()], "prompts": ["x"]}).encode(),
-           json.dumps({"images": one, "prompts": ["x", "y"]}).encode(),
-           json.dumps({"images": one, "prompts": ["x"], "extra": 1}).encode(),
-           json.dumps({"images": one, "prompts": prompts[:1]}).encode(),  # the judge needs metadata
-           json.dumps({"images": one, "prompts": prompts[:1], "metadata": ["colors"]}).encode()]
+    bad = [
+        b"{not json",
+        b"\xff\xfe",
+        b"[]",
+        json.dumps({"prompts": ["x"]}).encode(),
+        json.dumps({"images": one}).encode(),
+        json.dumps({"images": ["***"], "prompts": ["x"]}).encode(),
+        json.dumps({"images": [base64.b64encode(b"not an image").decode()], "prompts": ["x"]}).encode(),
+        json.dumps({"images": one, "prompts": ["x", "y"]}).encode(),
+        json.dumps({"images": one, "prompts": ["x"], "extra": 1}).encode(),
+        json.dumps({"images": one, "prompts": prompts[:1]}).encode(),  # the judge needs metadata
+        json.dumps({"images": one, "prompts": prompts[:1], "metadata": ["colors"]}).encode(),
+    ]
     for body in bad:
         status, ans = post(url, body)
         assert status == 400 and isinstance(ans["error"], str) and ans["error"], body
@@ -192,50 +265,66 @@ def test_malformed_requests_get_400_and_server_stays_up(served, batch):
 
 
 def test_reward_failure_is_500_naming_url(batch):
-    def boom(images, prompts, metadata=None): raise RuntimeError("detector crashed")
+    def boom(images, prompts, metadata=None):
+        raise RuntimeError("detector crashed")
+
     with serve_reward(boom)[0] as server:
-        with pytest.raises(RewardServerError) as e: RemoteReward(server.url, timeout=10)(batch[0][:1], batch[1][:1])
+        with pytest.raises(RewardServerError) as e:
+            RemoteReward(server.url, timeout=10)(batch[0][:1], batch[1][:1])
         assert server.url in str(e.value) and "HTTP 500" in str(e.value) and "detector crashed" in str(e.value)
 
 
 def test_too_large_is_413(batch):
     server, url = serve_reward(JudgeReward(), max_bytes=100)
     try:
-        with pytest.raises(RewardServerError, match="HTTP 413"): RemoteReward(url)(batch[0][:1], batch[1][:1], batch[2][:1])
-    finally: server.close()
+        with pytest.raises(RewardServerError, match="HTTP 413"):
+            RemoteReward(url)(batch[0][:1], batch[1][:1], batch[2][:1])
+    finally:
+        server.close()
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "10.0.0.1", "example.org", "::"])
 def test_non_loopback_refused(host):
-    with pytest.raises(InputError, match="field 'host'"): serve_reward(Const([1.0]), host=host)
+    with pytest.raises(InputError, match="field 'host'"):
+        serve_reward(Const([1.0]), host=host)
 
 
 def test_localhost_allowed():
     server, url = serve_reward(Const([0.25]), host="localhost")
-    try: assert RemoteReward(url)(np.zeros((1, 4, 4, 3), np.uint8), ["x"])[0].tolist() == [0.25]
-    finally: server.close()
+    try:
+        assert RemoteReward(url)(np.zeros((1, 4, 4, 3), np.uint8), ["x"])[0].tolist() == [0.25]
+    finally:
+        server.close()
 
 
 def test_client_timeout_names_url(batch):
     with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts connections, never answers
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/"
-        with pytest.raises(RewardServerError) as e: RemoteReward(url, timeout=0.3)(batch[0][:1], batch[1][:1])
+        with pytest.raises(RewardServerError) as e:
+            RemoteReward(url, timeout=0.3)(batch[0][:1], batch[1][:1])
     assert url in str(e.value) and "timeout" in str(e.value)
 
 
 def test_unreachable_names_url(batch):
-    with socket.create_server(("127.0.0.1", 0)) as s: port = s.getsockname()[1]  # a port nobody listens on now
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]  # a port nobody listens on now
     url = f"http://127.0.0.1:{port}/"
-    with pytest.raises(RewardServerError) as e: RemoteReward(url, timeout=5)(batch[0][:1], batch[1][:1])
+    with pytest.raises(RewardServerError) as e:
+        RemoteReward(url, timeout=5)(batch[0][:1], batch[1][:1])
     assert url in str(e.value)
 
 
 def test_protocol_violation_names_url(batch):
     "A server that answers the wrong number of scores is caught by the client."
-    def wrong(images, prompts, metadata=None): return np.zeros(len(images) + 1, np.float32), {}
+
+    def wrong(images, prompts, metadata=None):
+        return np.zeros(len(images) + 1, np.float32), {}
+
     with serve_reward(wrong)[0] as server:  # the server itself refuses to send it: 500
-        with pytest.raises(RewardServerError, match="HTTP 500"): RemoteReward(server.url)(batch[0][:1], batch[1][:1])
-    with pytest.raises(InputError, match="field 'url'"): RemoteReward("127.0.0.1:80")
+        with pytest.raises(RewardServerError, match="HTTP 500"):
+            RemoteReward(server.url)(batch[0][:1], batch[1][:1])
+    with pytest.raises(InputError, match="field 'url'"):
+        RemoteReward("127.0.0.1:80")
 
 
 def test_no_pickle_in_protocol():

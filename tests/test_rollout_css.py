@@ -1,6 +1,7 @@
 """Cross-module tests of `maskfocus.rl.rollout` and `maskfocus.rl.css` on a tiny random toy pipeline: shapes and dtypes,
 determinism, equivalence with `MaskedPipeline.generate` when Dynamic Routing is off, the exploration fraction
 with it on, and every step-selection strategy on a real rollout."""
+
 import math
 
 import pytest
@@ -8,16 +9,21 @@ import torch
 import torch.nn.functional as F
 
 from maskfocus.core import InputError
-from maskfocus.rl.css import (STRATEGIES, num_eligible, select_steps, step_similarity, train_mask, train_mask_count,
-                           train_timestep)
+from maskfocus.rl.css import (
+    STRATEGIES,
+    num_eligible,
+    select_steps,
+    step_similarity,
+    train_mask,
+    train_mask_count,
+    train_timestep,
+)
 from maskfocus.toy.pipeline import toy_pipeline
 from maskfocus.rl.rollout import DRConfig, Trajectory, rollout, route
 from maskfocus.models.sampler import mask_schedule
 
 G, N, HW = 4, 8, 64
 PROMPTS = ["a photo of a red circle", "two blue squares"]
-
-
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +52,18 @@ def test_shapes_and_dtypes(traj):
     assert traj.grid == (8, 8) and traj.group_size == G and traj.num_steps == N and traj.batch_size == B
     assert ((traj.tokens >= 0) & (traj.tokens < 73)).all()
     assert torch.isfinite(traj.min_kept_conf).all() and ((traj.min_kept_conf > 0) & (traj.min_kept_conf <= 1)).all()
-    assert traj.nbytes() == sum(t.nbytes for t in (traj.tokens, traj.x0, traj.commit_step, traj.timesteps, traj.entropy,
-                                                   traj.explore, traj.min_kept_conf))
+    assert traj.nbytes() == sum(
+        t.nbytes
+        for t in (
+            traj.tokens,
+            traj.x0,
+            traj.commit_step,
+            traj.timesteps,
+            traj.entropy,
+            traj.explore,
+            traj.min_kept_conf,
+        )
+    )
 
 
 def test_commit_order_matches_schedule(traj):
@@ -81,7 +97,9 @@ def test_dr_on_changes_the_samples(pipe):
     on = rollout(pipe, PROMPTS, group_size=G, N=N, generator=gen(3))
     off = rollout(pipe, PROMPTS, group_size=G, N=N, generator=gen(3), dr=DRConfig(enabled=False))
     assert on.explore.any() and not torch.equal(on.tokens, off.tokens)
-    assert torch.equal(on.explore[0], off.explore[0]) and torch.equal(on.x0[0], off.x0[0]), "step 0: tied entropies, all standard"
+    assert torch.equal(on.explore[0], off.explore[0]) and torch.equal(on.x0[0], off.x0[0]), (
+        "step 0: tied entropies, all standard"
+    )
 
 
 @pytest.mark.parametrize("group_size", [2, 3, 4])
@@ -110,6 +128,7 @@ def test_record_replays_the_sampled_distribution(pipe, traj):
     """Rebuilding each step's input from the record (final tokens where commit_step < s, masks elsewhere) and calling
     the model as `sample` does reproduces the recorded entropy and min_kept_conf (what a replay estimator relies on)."""
     from maskfocus.rl.rollout import explore_temperature, token_entropy
+
     B, V, mask_id = traj.batch_size, pipe.transformer.codebook_size, pipe.transformer.mask_token_id
     h, p = pipe.encode_prompts([q for q in PROMPTS for _ in range(G)])
     nh, np_ = pipe.encode_prompts([""])
@@ -162,8 +181,12 @@ def test_css_every_strategy(pipe, traj, strategy, per, alignment):
     st = sel.steps
     width = E if strategy == "all" else K
     assert st.shape == (B, width) and st.dtype == torch.int64
-    hi = {"random_early": math.ceil(0.4 * N), "early_window": math.ceil(0.2 * N),
-          "random_early(0.5)": N // 2, "early_window(0.5)": N // 2}.get(strategy, E)
+    hi = {
+        "random_early": math.ceil(0.4 * N),
+        "early_window": math.ceil(0.2 * N),
+        "random_early(0.5)": N // 2,
+        "early_window(0.5)": N // 2,
+    }.get(strategy, E)
     assert (st >= 0).all() and (st < min(hi, E)).all()
     assert (st[:, 1:] > st[:, :-1]).all(), "distinct and sorted ascending"
     if per == "group" or strategy in ("uniform", "all", "early_window", "early_window(0.5)"):

@@ -1,20 +1,27 @@
 """Tests of `maskfocus.models.sampler` beyond the notebook's examples: the diffusers `AmusedScheduler` oracle over a
 parameter grid, end-to-end agreement with `AmusedPipeline`, the classifier-free-guidance arithmetic and call
 pattern, determinism, the tie rule, and error messages that name the argument."""
+
 import pytest
 import torch
 
 from maskfocus.core import InputError
-from maskfocus.models.sampler import (StepOut, gumbel_temperatures, mask_schedule, maskgit_step, num_masks_after, sample,
-                               timesteps)
+from maskfocus.models.sampler import (
+    StepOut,
+    gumbel_temperatures,
+    mask_schedule,
+    maskgit_step,
+    num_masks_after,
+    sample,
+    timesteps,
+)
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import AmusedScheduler  # noqa: E402
 
 
-
-
 # ---------------------------------------------------------------- the AmusedScheduler oracle
+
 
 def run_oracle(B, V, H, W, N, seed, ties="exact", schedule="cosine", layout="bvhw", scale=4.0):
     "Run our step and diffusers' step side by side on the same random logits; return per-step equality."
@@ -27,7 +34,8 @@ def run_oracle(B, V, H, W, N, seed, ties="exact", schedule="cosine", layout="bvh
     taus, same, expected = gumbel_temperatures(N), [], mask_schedule(N, H * W, schedule)
     for s, t in enumerate(sched.timesteps):
         logits = torch.randn(B, V, H, W, generator=lg) * scale
-        if layout == "bhwv": logits = logits.reshape(B, V, H * W).permute(0, 2, 1).contiguous()
+        if layout == "bhwv":
+            logits = logits.reshape(B, V, H * W).permute(0, 2, 1).contiguous()
         out = maskgit_step(logits, ours, s, N, V, g1, taus[s], ties=ties, schedule=schedule)
         theirs = sched.step(logits, t, theirs, generator=g2).prev_sample
         ours = out.tokens
@@ -69,7 +77,8 @@ def test_oracle_paper_shapes():
 
 
 def test_oracle_with_cpu_generator_on_other_device():
-    if not torch.cuda.is_available(): pytest.skip("no CUDA device")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
     B, V, H, W, N = 2, 64, 8, 8, 8
     g1, g2, lg = (torch.Generator().manual_seed(0), torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
     a, b, taus = torch.full((B, H, W), V).cuda(), torch.full((B, H, W), V), gumbel_temperatures(N)
@@ -82,6 +91,7 @@ def test_oracle_with_cpu_generator_on_other_device():
 
 # ---------------------------------------------------------------- step behaviour
 
+
 def test_known_positions_never_remasked_even_with_hot_gumbel():
     # with tau0 = 50 diffusers' log(finfo.max) bound for known positions would be beaten; +inf is not
     B, V, H, W, N = 4, 6, 6, 6, 12
@@ -92,7 +102,8 @@ def test_known_positions_never_remasked_even_with_hot_gumbel():
         seen.append(tok)
     for s, t in enumerate(seen):
         known = t != V
-        for later in seen[s:]: assert torch.equal(later[known], t[known])
+        for later in seen[s:]:
+            assert torch.equal(later[known], t[known])
 
 
 def test_ties_exact_vs_threshold():
@@ -104,7 +115,8 @@ def test_ties_exact_vs_threshold():
     assert ((ex.tokens == V).sum(-1) == 14).all() and ex.n_masks.tolist() == [14, 14]
     assert (ex.tokens[:, :14] == V).all(), "stable sort: ties re-mask the lowest positions first"
     assert ((th.tokens == V).sum(-1) == 0).all(), "diffusers' strict cut-off re-masks nothing on a full tie"
-    sched = AmusedScheduler(mask_token_id=V); sched.set_timesteps(N, temperature=(0, 0))
+    sched = AmusedScheduler(mask_token_id=V)
+    sched.set_timesteps(N, temperature=(0, 0))
     ref = sched.step(logits, sched.timesteps[0], tok, generator=torch.Generator().manual_seed(0)).prev_sample
     assert torch.equal(ref, th.tokens)
 
@@ -112,7 +124,8 @@ def test_ties_exact_vs_threshold():
 def test_partially_known_input_and_counts():
     B, V, HW, N = 3, 5, 10, 4
     tok = torch.full((B, HW), V)
-    tok[1, :7] = 2; tok[2] = 3  # sample 1: 3 masks, sample 2: none
+    tok[1, :7] = 2
+    tok[2] = 3  # sample 1: 3 masks, sample 2: none
     out = maskgit_step(torch.randn(B, HW, V), tok, 0, N, V, torch.Generator().manual_seed(0), 2.0)
     assert out.n_masks.tolist() == [9, 2, 0]
     assert torch.equal(out.tokens[1, :7], tok[1, :7]) and torch.equal(out.tokens[2], tok[2])
@@ -123,7 +136,8 @@ def test_partially_known_input_and_counts():
 
 def test_stepout_fields_last_step():
     B, V, H, W = 2, 7, 3, 3
-    tok = torch.full((B, H, W), V); tok[0, 0, 0] = 1
+    tok = torch.full((B, H, W), V)
+    tok[0, 0, 0] = 1
     out = maskgit_step(torch.randn(B, V, H, W), tok, 2, 3, V, torch.Generator().manual_seed(0), 0.0)
     assert isinstance(out, StepOut) and (out.tokens != V).all() and torch.equal(out.tokens, out.x0_hat)
     assert out.tokens[0, 0, 0] == 1 and out.n_masks.tolist() == [0, 0]
@@ -137,33 +151,44 @@ def test_temperature_hook():
     assert torch.equal(step(None).tokens, step(torch.ones(B, H * W)).tokens)
     assert torch.equal(step(torch.full((B, H, W), 0.5)).tokens, step(None, logits * 2).tokens)
     # per-sample temperatures: sample 0 at 1.0 equals the untempered run of sample 0
-    T = torch.ones(B, H * W); T[1] = 3.0
+    T = torch.ones(B, H * W)
+    T[1] = 3.0
     a, b = step(T), step(None)
     assert torch.equal(a.tokens[0], b.tokens[0]) and torch.equal(a.logp[0], b.logp[0])
 
 
 # ---------------------------------------------------------------- the loop: guidance, determinism
 
+
 class DyadicModel(torch.nn.Module):
     "Logits that are small multiples of 1/8, so the guidance arithmetic is exact; records every call."
+
     def __init__(self, V=10, H=4, W=4, P=3, seed=0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.codebook_size, self.mask_token_id, self.calls = V, V, []
         self.base = torch.randint(-8, 9, (V, H, W), generator=g).float() / 8
         self.proj = torch.randint(-2, 3, (P, V), generator=g).float() / 8
+
     def logits(self, pooled, timestep):
         return self.base[None] + (pooled @ self.proj)[:, :, None, None] + timestep.float()[:, None, None, None] / 8
+
     def forward(self, tokens, text_hidden, pooled, timestep, micro_conds):
-        self.calls.append(dict(tokens=tokens.clone(), pooled=pooled.clone(), timestep=timestep.clone(), micro=micro_conds.clone()))
+        self.calls.append(
+            dict(tokens=tokens.clone(), pooled=pooled.clone(), timestep=timestep.clone(), micro=micro_conds.clone())
+        )
         return self.logits(pooled, timestep)
 
 
 def conds(B=3, P=3, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return dict(text_hidden=torch.zeros(B, 2, 4), pooled=torch.randint(-2, 3, (B, P), generator=g).float(),
-                neg_text_hidden=torch.ones(1, 2, 4), neg_pooled=torch.zeros(1, P),
-                micro_conds=torch.tensor([[64., 64, 0, 0, 6]]))
+    return dict(
+        text_hidden=torch.zeros(B, 2, 4),
+        pooled=torch.randint(-2, 3, (B, P), generator=g).float(),
+        neg_text_hidden=torch.ones(1, 2, 4),
+        neg_pooled=torch.zeros(1, P),
+        micro_conds=torch.tensor([[64.0, 64, 0, 0, 6]]),
+    )
 
 
 def manual_loop(model, c, N, w, seed, H=4, W=4):
@@ -173,7 +198,12 @@ def manual_loop(model, c, N, w, seed, H=4, W=4):
     for s, t in enumerate(timesteps(N)):
         tt = t.expand(B)
         l_c = model.logits(c["pooled"], tt)
-        l = l_c if w is None else model.logits(c["neg_pooled"].expand(B, -1), tt) + w * (l_c - model.logits(c["neg_pooled"].expand(B, -1), tt))
+        l = (
+            l_c
+            if w is None
+            else model.logits(c["neg_pooled"].expand(B, -1), tt)
+            + w * (l_c - model.logits(c["neg_pooled"].expand(B, -1), tt))
+        )
         tok = maskgit_step(l, tok, s, N, V, g, taus[s]).tokens
     return tok
 
@@ -209,11 +239,15 @@ def test_no_negative_needed_without_guidance():
 
 def test_determinism():
     m, c = DyadicModel(), conds()
-    run = lambda seed, **kw: sample(m, **c, N=8, cfg=2.0, generator=torch.Generator().manual_seed(seed), grid=(4, 4), **kw)
+    run = lambda seed, **kw: sample(
+        m, **c, N=8, cfg=2.0, generator=torch.Generator().manual_seed(seed), grid=(4, 4), **kw
+    )
     a, b, d = run(0), run(0), run(1)
     assert torch.equal(a, b) and not torch.equal(a, d)
-    torch.manual_seed(5); e = sample(m, **c, N=8, cfg=2.0, generator=None, grid=(4, 4))
-    torch.manual_seed(5); f = sample(m, **c, N=8, cfg=2.0, generator=None, grid=(4, 4))
+    torch.manual_seed(5)
+    e = sample(m, **c, N=8, cfg=2.0, generator=None, grid=(4, 4))
+    torch.manual_seed(5)
+    f = sample(m, **c, N=8, cfg=2.0, generator=None, grid=(4, 4))
     assert torch.equal(e, f)
     # hooks that do nothing change nothing
     seen = []
@@ -224,8 +258,11 @@ def test_determinism():
 def test_temperature_fn_sees_guided_logits():
     m, c, B, V = DyadicModel(), conds(), 3, 10
     got = []
+
     def fn(logits, tokens, step):
-        got.append((logits.clone(), tokens.clone(), step)); return torch.ones(B, 16)
+        got.append((logits.clone(), tokens.clone(), step))
+        return torch.ones(B, 16)
+
     a = sample(m, **c, N=3, cfg=2.0, generator=torch.Generator().manual_seed(0), grid=(4, 4), temperature_fn=fn)
     b = sample(m, **c, N=3, cfg=2.0, generator=torch.Generator().manual_seed(0), grid=(4, 4))
     assert torch.equal(a, b) and [s for *_, s in got] == [0, 1, 2]
@@ -247,41 +284,86 @@ def test_return_x0_dtype():
 
 # ---------------------------------------------------------------- end to end against AmusedPipeline
 
+
 @pytest.mark.parametrize("N,cfg,B,seed", [(12, 3.0, 4, 0), (5, 1.0, 2, 1), (16, 9.0, 3, 2)])
 def test_matches_amused_pipeline(N, cfg, B, seed):
     from diffusers import AmusedPipeline, UVit2DModel
     from diffusers.utils import logging as dlogging
+
     dlogging.set_verbosity_error()
     torch.manual_seed(seed)
-    uvit = UVit2DModel(hidden_size=32, cond_embed_dim=32, micro_cond_encode_dim=16, micro_cond_embed_dim=80,
-                       encoder_hidden_size=32, vocab_size=74, codebook_size=73, in_channels=32, block_out_channels=32,
-                       num_res_blocks=1, block_num_heads=2, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=64, sample_size=8).eval()
+    uvit = UVit2DModel(
+        hidden_size=32,
+        cond_embed_dim=32,
+        micro_cond_encode_dim=16,
+        micro_cond_embed_dim=80,
+        encoder_hidden_size=32,
+        vocab_size=74,
+        codebook_size=73,
+        in_channels=32,
+        block_out_channels=32,
+        num_res_blocks=1,
+        block_num_heads=2,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        sample_size=8,
+    ).eval()
 
     class Adapter(torch.nn.Module):
         codebook_size, mask_token_id = 73, 73
-        def __init__(self): super().__init__(); self.uvit = uvit
+
+        def __init__(self):
+            super().__init__()
+            self.uvit = uvit
+
         def forward(self, tokens, text_hidden, pooled, timestep, micro_conds):
             return self.uvit(tokens, micro_conds=micro_conds, pooled_text_emb=pooled, encoder_hidden_states=text_hidden)
 
-    pipe = AmusedPipeline(vqvae=None, tokenizer=None, text_encoder=None, transformer=uvit,
-                          scheduler=AmusedScheduler(mask_token_id=73))
+    pipe = AmusedPipeline(
+        vqvae=None, tokenizer=None, text_encoder=None, transformer=uvit, scheduler=AmusedScheduler(mask_token_id=73)
+    )
     pipe.set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(100 + seed)
-    pe, eh, npe, neh = (torch.randn(B, 32, generator=g), torch.randn(B, 6, 32, generator=g),
-                        torch.randn(B, 32, generator=g), torch.randn(B, 6, 32, generator=g))
-    theirs = pipe(prompt_embeds=pe, encoder_hidden_states=eh, negative_prompt_embeds=npe,
-                  negative_encoder_hidden_states=neh, height=64, width=64, num_inference_steps=N, guidance_scale=cfg,
-                  output_type="latent", generator=torch.Generator().manual_seed(seed)).images
-    ours = sample(Adapter(), eh, pe, neh, npe, torch.tensor([[64., 64, 0, 0, 6]]), N=N, cfg=cfg,
-                  generator=torch.Generator().manual_seed(seed), grid=(8, 8))
+    pe, eh, npe, neh = (
+        torch.randn(B, 32, generator=g),
+        torch.randn(B, 6, 32, generator=g),
+        torch.randn(B, 32, generator=g),
+        torch.randn(B, 6, 32, generator=g),
+    )
+    theirs = pipe(
+        prompt_embeds=pe,
+        encoder_hidden_states=eh,
+        negative_prompt_embeds=npe,
+        negative_encoder_hidden_states=neh,
+        height=64,
+        width=64,
+        num_inference_steps=N,
+        guidance_scale=cfg,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(seed),
+    ).images
+    ours = sample(
+        Adapter(),
+        eh,
+        pe,
+        neh,
+        npe,
+        torch.tensor([[64.0, 64, 0, 0, 6]]),
+        N=N,
+        cfg=cfg,
+        generator=torch.Generator().manual_seed(seed),
+        grid=(8, 8),
+    )
     assert torch.equal(ours, theirs)
 
 
 # ---------------------------------------------------------------- errors name the argument
 
+
 def field_of(fn):
-    with pytest.raises(InputError) as info: fn()
+    with pytest.raises(InputError) as info:
+        fn()
     return info.value.field
 
 
@@ -295,11 +377,17 @@ def test_step_errors():
     assert field_of(lambda: maskgit_step(torch.randn(2, V, 2, 8), tok, **ok)) == "logits"  # same HW, other grid
     assert field_of(lambda: maskgit_step(torch.randn(2, 15, V), tok, **ok)) == "logits"
     assert field_of(lambda: maskgit_step(torch.randint(0, 3, (2, V, 4, 4)), tok, **ok)) == "logits"
-    assert field_of(lambda: maskgit_step(torch.randn(2, V, 4, 4), tok, temperature=torch.ones(2, 15), **ok)) == "temperature"
+    assert (
+        field_of(lambda: maskgit_step(torch.randn(2, V, 4, 4), tok, temperature=torch.ones(2, 15), **ok))
+        == "temperature"
+    )
     assert field_of(lambda: maskgit_step(torch.randn(2, V, 4, 4), tok, **{**ok, "step": 4})) == "step"
     assert field_of(lambda: maskgit_step(torch.randn(2, V, 4, 4), tok, ties="first", **ok)) == "ties"
     assert field_of(lambda: maskgit_step(torch.randn(2, V, 4, 4), tok, schedule="square", **ok)) == "schedule"
-    assert field_of(lambda: maskgit_step(torch.randn(2, V, 4, 4), tok, schedule="square", **{**ok, "step": 3})) == "schedule"
+    assert (
+        field_of(lambda: maskgit_step(torch.randn(2, V, 4, 4), tok, schedule="square", **{**ok, "step": 3}))
+        == "schedule"
+    )
     # [B,HW] tokens with [B,V,H,W] logits are fine
     assert maskgit_step(torch.randn(2, V, 4, 4), tok.reshape(2, 16), **ok).tokens.shape == (2, 16)
 
@@ -307,7 +395,7 @@ def test_step_errors():
 def test_sample_errors():
     m, c = DyadicModel(), conds()
     kw = dict(N=3, cfg=3.0, generator=None, grid=(4, 4))
-    bad = lambda **over: (lambda: sample(m, **{**c, **over}, **{k: v for k, v in kw.items() if k not in over}))
+    bad = lambda **over: lambda: sample(m, **{**c, **over}, **{k: v for k, v in kw.items() if k not in over})
     assert field_of(bad(text_hidden=torch.zeros(3, 4))) == "text_hidden"
     assert field_of(bad(pooled=torch.zeros(2, 3))) == "pooled"
     assert field_of(bad(micro_conds=torch.zeros(2, 5))) == "micro_conds"

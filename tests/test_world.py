@@ -1,4 +1,5 @@
 "Property-based tests of the toy world and its exact tokenizer (hypothesis)."
+
 import numpy as np
 import torch
 from hypothesis import given, settings, strategies as st
@@ -20,7 +21,10 @@ def test_sampled_scene_satisfies_its_prompt_exactly(meta, seed):
     world.check_scene(scene)
     assert meta in world.describe(scene)
     want = sorted((c["class"], c.get("color")) for c in meta["include"] for _ in range(c["count"]))
-    got = sorted((o.shape, o.color if any("color" in c for c in meta["include"] if c["class"] == o.shape) else None) for o in scene)
+    got = sorted(
+        (o.shape, o.color if any("color" in c for c in meta["include"] if c["class"] == o.shape) else None)
+        for o in scene
+    )
     assert got == want
     for i, c in enumerate(meta["include"]):
         if "position" in c:

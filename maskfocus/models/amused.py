@@ -21,108 +21,173 @@ __all__ = ['TRANSFORMER_DIR', 'CONFIG_NAME', 'WEIGHTS_NAME', 'SCHEDULER_CONFIG',
 
 # %% ../../nbs/models/01_amused.ipynb #5940e255
 TRANSFORMER_DIR, CONFIG_NAME, WEIGHTS_NAME = "transformer", "config.json", "diffusion_pytorch_model.safetensors"
-SCHEDULER_CONFIG = Path("scheduler")/"scheduler_config.json"
+SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
+
 
 def tiny_uvit_config() -> dict:
     "Keyword arguments of a tiny random `UVit2DModel` (32 codes, width 32, 2 layers; about 0.13 M parameters)."
-    return dict(hidden_size=32, cond_embed_dim=32, encoder_hidden_size=32, vocab_size=33, codebook_size=32,
-                in_channels=32, block_out_channels=32, downsample=False, upsample=False, num_res_blocks=1,
-                block_num_heads=2, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    return dict(
+        hidden_size=32,
+        cond_embed_dim=32,
+        encoder_hidden_size=32,
+        vocab_size=33,
+        codebook_size=32,
+        in_channels=32,
+        block_out_channels=32,
+        downsample=False,
+        upsample=False,
+        num_res_blocks=1,
+        block_num_heads=2,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
 
 
 class AmusedAdapter(nn.Module):
     "aMUSEd's transformer (diffusers `UVit2DModel`) behind the `MaskedImageModel` call contract; the timestep is ignored."
-    def __init__(self,
-                 model: UVit2DModel,  # the wrapped transformer (its parameters become this module's)
-                 mask_token_id: int | None = None,  # default: vocab_size - 1 from the model config
-                ):
+
+    def __init__(
+        self,
+        model: UVit2DModel,  # the wrapped transformer (its parameters become this module's)
+        mask_token_id: int | None = None,  # default: vocab_size - 1 from the model config
+    ):
         super().__init__()
-        if not isinstance(model, UVit2DModel): raise InputError(f"expected a diffusers UVit2DModel, got {type(model).__name__}", field="model")
+        if not isinstance(model, UVit2DModel):
+            raise InputError(f"expected a diffusers UVit2DModel, got {type(model).__name__}", field="model")
         self.model, c = model, model.config
         self.codebook_size = int(c.codebook_size)
         self.mask_token_id = int(c.vocab_size - 1 if mask_token_id is None else mask_token_id)
         if not self.codebook_size <= self.mask_token_id < c.vocab_size:
-            raise InputError(f"must lie in [codebook_size={self.codebook_size}, vocab_size={c.vocab_size}), got {self.mask_token_id}",
-                             field="mask_token_id")
+            raise InputError(
+                f"must lie in [codebook_size={self.codebook_size}, vocab_size={c.vocab_size}), got {self.mask_token_id}",
+                field="mask_token_id",
+            )
         if c.micro_cond_embed_dim % c.micro_cond_encode_dim:
-            raise InputError(f"micro_cond_embed_dim ({c.micro_cond_embed_dim}) must be a multiple of micro_cond_encode_dim "
-                             f"({c.micro_cond_encode_dim})", field="micro_cond_embed_dim")
+            raise InputError(
+                f"micro_cond_embed_dim ({c.micro_cond_embed_dim}) must be a multiple of micro_cond_encode_dim "
+                f"({c.micro_cond_encode_dim})",
+                field="micro_cond_embed_dim",
+            )
         self.micro_cond_dim = c.micro_cond_embed_dim // c.micro_cond_encode_dim  # 5 for aMUSEd
         self.text_dim, self.pooled_dim = int(c.encoder_hidden_size), int(c.cond_embed_dim)
 
     @property
-    def dtype(self) -> torch.dtype: return self.model.dtype
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
     @property
-    def device(self) -> torch.device: return self.model.device
+    def device(self) -> torch.device:
+        return self.model.device
 
     @classmethod
-    def tiny(cls,
-             seed: int = 0,  # seed of the random weights
-             **overrides,  # `UVit2DModel` arguments replacing those of `tiny_uvit_config()`
-            ) -> AmusedAdapter:
+    def tiny(
+        cls,
+        seed: int = 0,  # seed of the random weights
+        **overrides,  # `UVit2DModel` arguments replacing those of `tiny_uvit_config()`
+    ) -> AmusedAdapter:
         "A tiny random aMUSEd transformer (`tiny_uvit_config()`), built locally, in eval mode."
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return cls(UVit2DModel(**{**tiny_uvit_config(), **overrides})).eval()
 
     def _check(self, tokens, text_hidden, pooled, micro_conds):
-        check_model_inputs(tokens, text_hidden, pooled, micro_conds, self.text_dim, self.pooled_dim, self.micro_cond_dim, self.model.config.downsample)
+        check_model_inputs(
+            tokens,
+            text_hidden,
+            pooled,
+            micro_conds,
+            self.text_dim,
+            self.pooled_dim,
+            self.micro_cond_dim,
+            self.model.config.downsample,
+        )
 
-    def forward(self,
-                tokens: torch.Tensor,  # int64 [B, H, W]: code ids, `mask_token_id` where unknown
-                text_hidden: torch.Tensor,  # [B, L, encoder_hidden_size] text encoder states
-                pooled: torch.Tensor,  # [B, cond_embed_dim] pooled text vector
-                timestep: torch.Tensor | int | float | None,  # accepted for the contract and ignored (aMUSEd has no timestep input)
-                micro_conds: torch.Tensor,  # [B, 5]: width, height, crop top, crop left, aesthetic score
-               ) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,  # int64 [B, H, W]: code ids, `mask_token_id` where unknown
+        text_hidden: torch.Tensor,  # [B, L, encoder_hidden_size] text encoder states
+        pooled: torch.Tensor,  # [B, cond_embed_dim] pooled text vector
+        timestep: torch.Tensor
+        | int
+        | float
+        | None,  # accepted for the contract and ignored (aMUSEd has no timestep input)
+        micro_conds: torch.Tensor,  # [B, 5]: width, height, crop top, crop left, aesthetic score
+    ) -> torch.Tensor:
         "Logits [B, codebook_size, H, W] in the model's dtype, from `UVit2DModel`; `timestep` plays no part."
         self._check(tokens, text_hidden, pooled, micro_conds)
         dt = self.dtype
-        return self.model(input_ids=tokens, encoder_hidden_states=text_hidden.to(dt), pooled_text_emb=pooled.to(dt),
-                          micro_conds=micro_conds.to(dt))
+        return self.model(
+            input_ids=tokens,
+            encoder_hidden_states=text_hidden.to(dt),
+            pooled_text_emb=pooled.to(dt),
+            micro_conds=micro_conds.to(dt),
+        )
 
     @classmethod
-    def load(cls,
-             folder: str | os.PathLike,  # checkpoint root in the aMUSEd layout (holds transformer/)
-             device: str | torch.device = "cpu",  # where the weights go
-             dtype: torch.dtype | None = None,  # cast the weights (default: as stored)
-             variant: str | None = None,  # e.g. "fp16" for diffusion_pytorch_model.fp16.safetensors
-            ) -> AmusedAdapter:
+    def load(
+        cls,
+        folder: str | os.PathLike,  # checkpoint root in the aMUSEd layout (holds transformer/)
+        device: str | torch.device = "cpu",  # where the weights go
+        dtype: torch.dtype | None = None,  # cast the weights (default: as stored)
+        variant: str | None = None,  # e.g. "fp16" for diffusion_pytorch_model.fp16.safetensors
+    ) -> AmusedAdapter:
         "Load the transformer of a local aMUSEd checkpoint folder (safetensors only, no hub), in eval mode."
         folder = Path(folder)
-        tdir = folder/TRANSFORMER_DIR
-        cfile = tdir/CONFIG_NAME
+        tdir = folder / TRANSFORMER_DIR
+        cfile = tdir / CONFIG_NAME
         if not cfile.is_file():
             raise InputError(f"not an aMUSEd checkpoint folder: {TRANSFORMER_DIR}/{CONFIG_NAME} not found", file=cfile)
-        try: cfg = json.loads(cfile.read_text())
-        except json.JSONDecodeError as e: raise InputError(f"not valid JSON: {e.msg}", file=cfile, line=e.lineno) from None
+        try:
+            cfg = json.loads(cfile.read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(f"not valid JSON: {e.msg}", file=cfile, line=e.lineno) from None
         name = cfg.get("_class_name") if isinstance(cfg, dict) else None
-        if name != "UVit2DModel": raise InputError(f"expected a UVit2DModel config, got _class_name {name!r}", file=cfile, field="_class_name")
+        if name != "UVit2DModel":
+            raise InputError(
+                f"expected a UVit2DModel config, got _class_name {name!r}", file=cfile, field="_class_name"
+            )
         wfile = safetensors_file(tdir, WEIGHTS_NAME, variant)
         try:
-            if dtype is None: dtype = safetensors_dtype(wfile)  # diffusers would otherwise load in float32
-            model = UVit2DModel.from_pretrained(str(tdir), local_files_only=True, use_safetensors=True, variant=variant,
-                                                torch_dtype=dtype)
-        except Exception as e: raise InputError(f"cannot load the aMUSEd transformer: {e}", file=wfile) from None
-        mask_token_id, spath = None, folder/SCHEDULER_CONFIG
+            if dtype is None:
+                dtype = safetensors_dtype(wfile)  # diffusers would otherwise load in float32
+            model = UVit2DModel.from_pretrained(
+                str(tdir), local_files_only=True, use_safetensors=True, variant=variant, torch_dtype=dtype
+            )
+        except Exception as e:
+            raise InputError(f"cannot load the aMUSEd transformer: {e}", file=wfile) from None
+        mask_token_id, spath = None, folder / SCHEDULER_CONFIG
         if spath.is_file():
-            try: sched = json.loads(spath.read_text())
-            except json.JSONDecodeError as e: raise InputError(f"not valid JSON: {e.msg}", file=spath, line=e.lineno) from None
+            try:
+                sched = json.loads(spath.read_text())
+            except json.JSONDecodeError as e:
+                raise InputError(f"not valid JSON: {e.msg}", file=spath, line=e.lineno) from None
             mask_token_id = sched.get("mask_token_id") if isinstance(sched, dict) else None
             if mask_token_id is not None and (isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int)):
                 raise InputError(f"must be an integer, got {mask_token_id!r}", file=spath, field="mask_token_id")
-        try: return cls(model.to(device), mask_token_id=mask_token_id).eval()
+        try:
+            return cls(model.to(device), mask_token_id=mask_token_id).eval()
         except InputError as e:
-            if e.field != "mask_token_id": raise
+            if e.field != "mask_token_id":
+                raise
             raise InputError(e.msg, file=spath, field=e.field) from None
 
     def save(self, folder: str | os.PathLike) -> Path:  # checkpoint root; other subfolders are left alone
         "Write `transformer/` atomically (`save_pretrained`, safetensors) and the mask id into `scheduler/scheduler_config.json`."
         import diffusers
+
         folder = Path(folder)
-        with atomic_dir(folder/TRANSFORMER_DIR) as tmp: self.model.save_pretrained(tmp, safe_serialization=True)
-        spath = folder/SCHEDULER_CONFIG
-        sched = json.loads(spath.read_text()) if spath.is_file() else {
-            "_class_name": "AmusedScheduler", "_diffusers_version": diffusers.__version__, "masking_schedule": "cosine"}
+        with atomic_dir(folder / TRANSFORMER_DIR) as tmp:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+        spath = folder / SCHEDULER_CONFIG
+        sched = (
+            json.loads(spath.read_text())
+            if spath.is_file()
+            else {
+                "_class_name": "AmusedScheduler",
+                "_diffusers_version": diffusers.__version__,
+                "masking_schedule": "cosine",
+            }
+        )
         write_json_atomic(spath, {**sched, "mask_token_id": self.mask_token_id})
         return folder

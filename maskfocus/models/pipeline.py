@@ -26,11 +26,30 @@ __all__ = ['SamplingConfig', 'MaskedPipeline']
 @dataclass
 class SamplingConfig:
     "How a model samples by default; every field can be overridden per call."
+
     steps: int = field(default=64, metadata={"help": "MaskGIT steps N (paper: 64 for Meissonic at 1024^2)"})
-    cfg: float = field(default=5.0, metadata={"help": "classifier-free guidance weight w (MaskFocus trains and evaluates at 5; Meissonic's default is 9)"})
-    negative_prompt: str = field(default="", metadata={"help": "prompt of the unconditional branch (Meissonic's scripts use a fixed 'worst quality, ...' prompt)"})
-    micro_conds: tuple = field(default=(1024, 1024, 0, 0, 6), metadata={"help": "Meissonic micro-conditions (width, height, crop top, crop left, aesthetic score)"})
-    tau: tuple = field(default=(2.0, 0.0), metadata={"help": "Gumbel temperature of the re-masking confidence, annealed linearly (aMUSEd / Meissonic: 2 -> 0)"})
+    cfg: float = field(
+        default=5.0,
+        metadata={
+            "help": "classifier-free guidance weight w (MaskFocus trains and evaluates at 5; Meissonic's default is 9)"
+        },
+    )
+    negative_prompt: str = field(
+        default="",
+        metadata={
+            "help": "prompt of the unconditional branch (Meissonic's scripts use a fixed 'worst quality, ...' prompt)"
+        },
+    )
+    micro_conds: tuple = field(
+        default=(1024, 1024, 0, 0, 6),
+        metadata={"help": "Meissonic micro-conditions (width, height, crop top, crop left, aesthetic score)"},
+    )
+    tau: tuple = field(
+        default=(2.0, 0.0),
+        metadata={
+            "help": "Gumbel temperature of the re-masking confidence, annealed linearly (aMUSEd / Meissonic: 2 -> 0)"
+        },
+    )
     schedule: str = field(default="cosine", metadata={"help": "mask schedule: cosine (Meissonic) or linear"})
 
     @classmethod
@@ -38,26 +57,34 @@ class SamplingConfig:
         "Build from a dict; unknown keys are an error naming the key."
         known = {f.name for f in fields(cls)}
         for k in d:
-            if k not in known: raise InputError(f"unknown sampling key {k!r} (known: {', '.join(sorted(known))})", file=file, field=k)
+            if k not in known:
+                raise InputError(f"unknown sampling key {k!r} (known: {', '.join(sorted(known))})", file=file, field=k)
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**d)
 
 # %% ../../nbs/models/05_pipeline.ipynb #8e8720b3
 class MaskedPipeline:
     "Transformer + text encoder + tokenizer + sampling defaults: prompts in, token maps and images out."
-    def __init__(self,
-                 transformer,  # a MaskedImageModel (MeissonicTransformer or AmusedAdapter)
-                 text_encoder,  # a TextEncoder (CLIPTextEncoder)
-                 tokenizer,  # a Tokenizer (PatchTokenizer or VQTokenizer)
-                 sampling: SamplingConfig | None = None):  # default sampling settings
+
+    def __init__(
+        self,
+        transformer,  # a MaskedImageModel (MeissonicTransformer or AmusedAdapter)
+        text_encoder,  # a TextEncoder (CLIPTextEncoder)
+        tokenizer,  # a Tokenizer (PatchTokenizer or VQTokenizer)
+        sampling: SamplingConfig | None = None,
+    ):  # default sampling settings
         self.transformer, self.text_encoder, self.tokenizer = transformer, text_encoder, tokenizer
         self.sampling = sampling or SamplingConfig()
         if transformer.codebook_size != tokenizer.codebook_size:
-            raise InputError(f"transformer predicts {transformer.codebook_size} codes but the tokenizer has {tokenizer.codebook_size}", field="codebook_size")
+            raise InputError(
+                f"transformer predicts {transformer.codebook_size} codes but the tokenizer has {tokenizer.codebook_size}",
+                field="codebook_size",
+            )
         self.grid = (tokenizer.grid, tokenizer.grid)
 
     @property
-    def device(self) -> torch.device: return next(self.transformer.parameters()).device
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
 
     def micro_conds(self, n: int = 1) -> torch.Tensor:  # rows
         "The default micro-conditions as a [n, 5] tensor."
@@ -68,51 +95,95 @@ class MaskedPipeline:
         return self.text_encoder(list(prompts))
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str],  # one prompt per image
-                 generator: torch.Generator | None = None,  # source of all randomness
-                 steps: int | None = None,  # override SamplingConfig.steps
-                 cfg: float | None = None,  # override SamplingConfig.cfg
-                 **kw,  # passed on to `maskfocus.models.sampler.sample` (temperature_fn, on_step, return_x0, ...)
-                 ):
+    def generate(
+        self,
+        prompts: Sequence[str],  # one prompt per image
+        generator: torch.Generator | None = None,  # source of all randomness
+        steps: int | None = None,  # override SamplingConfig.steps
+        cfg: float | None = None,  # override SamplingConfig.cfg
+        **kw,  # passed on to `maskfocus.models.sampler.sample` (temperature_fn, on_step, return_x0, ...)
+    ):
         "Token maps [B,h,w] for the prompts (and, with return_x0=True, every step's prediction)."
         s = self.sampling
         h, p = self.encode_prompts(prompts)
         cfg = s.cfg if cfg is None else cfg
         nh, np_ = self.encode_prompts([s.negative_prompt]) if cfg not in (None, 0, 1) else (None, None)
-        return sample(self.transformer, h, p, nh, np_, self.micro_conds(1), N=steps or s.steps, cfg=cfg,
-                      generator=generator, grid=self.grid, tau=s.tau, schedule=s.schedule, **kw)
+        return sample(
+            self.transformer,
+            h,
+            p,
+            nh,
+            np_,
+            self.micro_conds(1),
+            N=steps or s.steps,
+            cfg=cfg,
+            generator=generator,
+            grid=self.grid,
+            tau=s.tau,
+            schedule=s.schedule,
+            **kw,
+        )
 
     def to_images(self, tokens: torch.Tensor) -> np.ndarray:  # [B,h,w] ids; ids >= codebook_size count as masked
         "Decode token maps to uint8 images [B,H,W,3] (masked positions grey)."
         ids = torch.where(tokens >= self.tokenizer.codebook_size, self.tokenizer.codebook_size, tokens)
-        with torch.no_grad(): return to_uint8(self.tokenizer.decode(ids))
+        with torch.no_grad():
+            return to_uint8(self.tokenizer.decode(ids))
 
     def save(self, folder: str | Path):  # checkpoint folder (components are replaced atomically, one by one)
         "Write the pipeline in the released layout."
         from maskfocus.models.transformer import save_meissonic, MeissonicTransformer
-        folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-        if isinstance(self.transformer, MeissonicTransformer): save_meissonic(self.transformer, folder); tname = "Transformer2DModel"
-        else: self.transformer.save(folder); tname = "UVit2DModel"
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.transformer, MeissonicTransformer):
+            save_meissonic(self.transformer, folder)
+            tname = "Transformer2DModel"
+        else:
+            self.transformer.save(folder)
+            tname = "UVit2DModel"
         self.text_encoder.save(folder)
-        self.tokenizer.save(folder); vname = getattr(self.tokenizer, "vqvae_class", "VQModel")
-        write_json_atomic(folder/"sampling.json", {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.sampling).items()})
-        write_json_atomic(folder/"model_index.json", {"_class_name": "MaskedPipeline", "transformer": tname, "text_encoder": "CLIPTextModelWithProjection",
-                                                     "tokenizer": "CLIPTokenizer", "vqvae": vname})
+        self.tokenizer.save(folder)
+        vname = getattr(self.tokenizer, "vqvae_class", "VQModel")
+        write_json_atomic(
+            folder / "sampling.json",
+            {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.sampling).items()},
+        )
+        write_json_atomic(
+            folder / "model_index.json",
+            {
+                "_class_name": "MaskedPipeline",
+                "transformer": tname,
+                "text_encoder": "CLIPTextModelWithProjection",
+                "tokenizer": "CLIPTokenizer",
+                "vqvae": vname,
+            },
+        )
 
     @classmethod
-    def load(cls, folder: str | Path,  # checkpoint folder in the released layout
-             device: str | torch.device = "cpu"):
+    def load(
+        cls,
+        folder: str | Path,  # checkpoint folder in the released layout
+        device: str | torch.device = "cpu",
+    ):
         "Load a pipeline saved by `save` (or a released Meissonic folder plus a sampling.json)."
         from maskfocus.models.transformer import load_meissonic
         from maskfocus.models.amused import AmusedAdapter
+
         folder = Path(folder)
-        if not folder.is_dir(): raise InputError("model folder not found", file=folder)
-        tcfg = folder/"transformer"/"config.json"
-        if not tcfg.is_file(): raise InputError("missing transformer/config.json", file=tcfg)
+        if not folder.is_dir():
+            raise InputError("model folder not found", file=folder)
+        tcfg = folder / "transformer" / "config.json"
+        if not tcfg.is_file():
+            raise InputError("missing transformer/config.json", file=tcfg)
         tname = json.loads(tcfg.read_text()).get("_class_name")
-        transformer = AmusedAdapter.load(folder, device=device) if tname == "UVit2DModel" else load_meissonic(folder, device=device)
+        transformer = (
+            AmusedAdapter.load(folder, device=device)
+            if tname == "UVit2DModel"
+            else load_meissonic(folder, device=device)
+        )
         text = CLIPTextEncoder.load(folder).to(device)
         tokenizer = load_tokenizer(folder, device=device)
-        sp = folder/"sampling.json"
+        sp = folder / "sampling.json"
         sampling = SamplingConfig.from_dict(json.loads(sp.read_text()), file=sp) if sp.is_file() else SamplingConfig()
         return cls(transformer, text, tokenizer, sampling)

@@ -19,14 +19,22 @@ __all__ = ['Schedule', 'timesteps', 'gumbel_temperatures', 'mask_ratio', 'num_ma
            'maskgit_step', 'sample']
 
 # %% ../../nbs/models/04_sampler.ipynb #fdf641e5
-def timesteps(N: int,  # number of sampling steps
-              device=None) -> torch.Tensor:  # where to put the result
+def timesteps(
+    N: int,  # number of sampling steps
+    device=None,
+) -> torch.Tensor:  # where to put the result
     "The timestep fed to the model at each step: [N-1, N-2, ..., 0] (int64)."
     return torch.arange(N, device=device).flip(0)
 
-def gumbel_temperatures(N: int,  # number of sampling steps
-                        tau: float | tuple[float, float] = (2.0, 0.0),  # (first, last) for linspace(first, last, N); a number τ means linspace(τ, 0.01, N)
-                        device=None) -> torch.Tensor:  # where to put the result
+
+def gumbel_temperatures(
+    N: int,  # number of sampling steps
+    tau: float | tuple[float, float] = (
+        2.0,
+        0.0,
+    ),  # (first, last) for linspace(first, last, N); a number τ means linspace(τ, 0.01, N)
+    device=None,
+) -> torch.Tensor:  # where to put the result
     "Gumbel-noise scale τ_s of each step (float32), annealed linearly as in diffusers' `AmusedScheduler`."
     first, last = (tau[0], tau[1]) if isinstance(tau, (tuple, list)) else (tau, 0.01)
     return torch.linspace(first, last, N, device=device)
@@ -34,93 +42,142 @@ def gumbel_temperatures(N: int,  # number of sampling steps
 # %% ../../nbs/models/04_sampler.ipynb #269c7a2a
 Schedule = Literal["cosine", "linear"]
 
-def mask_ratio(step: int,  # 0-based step index s
-               N: int,  # number of sampling steps
-               schedule: Schedule = "cosine") -> torch.Tensor:  # "cosine" (Meissonic) or "linear"
+
+def mask_ratio(
+    step: int,  # 0-based step index s
+    N: int,  # number of sampling steps
+    schedule: Schedule = "cosine",
+) -> torch.Tensor:  # "cosine" (Meissonic) or "linear"
     "Fraction of the map left masked after step `s` (float32 scalar tensor, computed as diffusers does)."
-    ratio = (torch.tensor([step]) + 1) / N  # int64 / int -> float32, as AmusedScheduler's (step_idx + 1) / len(timesteps)
-    if schedule == "cosine": return torch.cos(ratio * math.pi / 2)[0]
-    if schedule == "linear": return (1 - ratio)[0]
+    ratio = (
+        torch.tensor([step]) + 1
+    ) / N  # int64 / int -> float32, as AmusedScheduler's (step_idx + 1) / len(timesteps)
+    if schedule == "cosine":
+        return torch.cos(ratio * math.pi / 2)[0]
+    if schedule == "linear":
+        return (1 - ratio)[0]
     raise InputError(f"unknown masking schedule {schedule!r}; use 'cosine' or 'linear'", field="schedule")
+
 
 @functools.lru_cache(maxsize=4096)
 def _raw_count(step: int, N: int, seq_len: int, schedule: str) -> int:
     return int((seq_len * mask_ratio(step, N, schedule)).floor())
 
-def num_masks_after(step: int,  # 0-based step index s
-                    N: int,  # number of sampling steps
-                    seq_len: int,  # positions per map, H*W
-                    masks_before: torch.Tensor | int,  # masks in each map before the step ([B] int64 or an int)
-                    schedule: Schedule = "cosine") -> torch.Tensor:  # "cosine" or "linear"
+
+def num_masks_after(
+    step: int,  # 0-based step index s
+    N: int,  # number of sampling steps
+    seq_len: int,  # positions per map, H*W
+    masks_before: torch.Tensor | int,  # masks in each map before the step ([B] int64 or an int)
+    schedule: Schedule = "cosine",
+) -> torch.Tensor:  # "cosine" or "linear"
     "n_s per map: floor(HW·ratio(s)) clamped to [1, masks_before-1] and to at most masks_before; 0 at the last step."
     mb = torch.as_tensor(masks_before)
-    if step == N - 1: return torch.zeros_like(mb)
+    if step == N - 1:
+        return torch.zeros_like(mb)
     n = (mb - 1).clamp(max=_raw_count(step, N, seq_len, schedule)).clamp(min=1)
     return torch.minimum(n, mb)
 
-def mask_schedule(N: int,  # number of sampling steps
-                  seq_len: int,  # positions per map, H*W
-                  schedule: Schedule = "cosine") -> list[int]:  # "cosine" or "linear"
+
+def mask_schedule(
+    N: int,  # number of sampling steps
+    seq_len: int,  # positions per map, H*W
+    schedule: Schedule = "cosine",
+) -> list[int]:  # "cosine" or "linear"
     "Masks left after each step when sampling starts from an all-masked map: [n_0, ..., n_{N-1} = 0]."
     out, mb = [], seq_len
     for s in range(N):
-        mb = int(num_masks_after(s, N, seq_len, mb, schedule)); out.append(mb)
+        mb = int(num_masks_after(s, N, seq_len, mb, schedule))
+        out.append(mb)
     return out
 
 # %% ../../nbs/models/04_sampler.ipynb #232a29f2
 @dataclass
 class StepOut:
     "Result of one `maskgit_step`; per-position tensors have the layout of the input `tokens`."
+
     tokens: torch.Tensor  # int64: the map after the step (re-masked positions hold the mask id)
     x0_hat: torch.Tensor  # int64: the full prediction (draws at masked positions, known tokens elsewhere)
     logp: torch.Tensor  # float32: log p(x0_hat) under the (tempered) distribution, clamped at log(1e-20)
-    confidence: torch.Tensor  # float32: logp + τ_s·Gumbel at masked positions, +inf at known ones (no noise at the last step)
+    confidence: (
+        torch.Tensor
+    )  # float32: logp + τ_s·Gumbel at masked positions, +inf at known ones (no noise at the last step)
     n_masks: torch.Tensor  # int64 [B]: masks left after the step
 
+
 def _check_step_inputs(logits, tokens, temperature):
-    if not isinstance(tokens, torch.Tensor) or tokens.dtype.is_floating_point or tokens.dtype == torch.bool or tokens.ndim not in (2, 3):
-        raise InputError(f"tokens must be an integer tensor [B,HW] or [B,H,W], got "
-                         f"{tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__}"
-                         f"{'' if not isinstance(tokens, torch.Tensor) else ' ' + str(tokens.dtype)}", field="tokens")
+    if (
+        not isinstance(tokens, torch.Tensor)
+        or tokens.dtype.is_floating_point
+        or tokens.dtype == torch.bool
+        or tokens.ndim not in (2, 3)
+    ):
+        raise InputError(
+            f"tokens must be an integer tensor [B,HW] or [B,H,W], got "
+            f"{tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__}"
+            f"{'' if not isinstance(tokens, torch.Tensor) else ' ' + str(tokens.dtype)}",
+            field="tokens",
+        )
     B, HW = tokens.shape[0], math.prod(tokens.shape[1:])
     if not isinstance(logits, torch.Tensor) or not logits.dtype.is_floating_point or logits.ndim not in (3, 4):
-        raise InputError(f"logits must be a float tensor [B,V,H,W] or [B,HW,V], got "
-                         f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}", field="logits")
+        raise InputError(
+            f"logits must be a float tensor [B,V,H,W] or [B,HW,V], got "
+            f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}",
+            field="logits",
+        )
     if logits.ndim == 4:
-        ok = logits.shape[0] == B and math.prod(logits.shape[2:]) == HW and (tokens.ndim == 2 or logits.shape[2:] == tokens.shape[1:])
+        ok = (
+            logits.shape[0] == B
+            and math.prod(logits.shape[2:]) == HW
+            and (tokens.ndim == 2 or logits.shape[2:] == tokens.shape[1:])
+        )
         V = logits.shape[1]
     else:
         ok = logits.shape[0] == B and logits.shape[1] == HW
         V = logits.shape[2]
     if not ok:
-        raise InputError(f"logits {tuple(logits.shape)} do not match tokens {tuple(tokens.shape)} "
-                         "(expected [B,V,H,W] or [B,HW,V] with the same B and positions)", field="logits")
-    if temperature is not None and (not isinstance(temperature, torch.Tensor) or temperature.numel() != B * HW or temperature.shape[0] != B):
-        raise InputError(f"temperature must be a tensor [B,HW] = [{B},{HW}] (or [B,H,W]), got "
-                         f"{tuple(temperature.shape) if isinstance(temperature, torch.Tensor) else type(temperature).__name__}", field="temperature")
+        raise InputError(
+            f"logits {tuple(logits.shape)} do not match tokens {tuple(tokens.shape)} "
+            "(expected [B,V,H,W] or [B,HW,V] with the same B and positions)",
+            field="logits",
+        )
+    if temperature is not None and (
+        not isinstance(temperature, torch.Tensor) or temperature.numel() != B * HW or temperature.shape[0] != B
+    ):
+        raise InputError(
+            f"temperature must be a tensor [B,HW] = [{B},{HW}] (or [B,H,W]), got "
+            f"{tuple(temperature.shape) if isinstance(temperature, torch.Tensor) else type(temperature).__name__}",
+            field="temperature",
+        )
     return B, HW, V
 
-def maskgit_step(logits: torch.Tensor,  # [B,V,H,W] (the model's layout) or [B,HW,V]; already guided
-                 tokens: torch.Tensor,  # [B,HW] or [B,H,W] int64: current map, `mask_id` where unknown
-                 step: int,  # 0-based step index s (timestep N-1-s)
-                 N: int,  # number of sampling steps
-                 mask_id: int,  # the mask token id
-                 generator: torch.Generator | None,  # source of all randomness (None: torch's global generator)
-                 gumbel_temp: float | torch.Tensor,  # τ_s, scale of the Gumbel noise on the confidence
-                 temperature: torch.Tensor | None = None,  # per-token softmax temperature [B,HW] (or [B,H,W]); None = 1
-                 schedule: Schedule = "cosine",  # mask schedule, "cosine" or "linear"
-                 ties: Literal["exact", "threshold"] = "exact",  # re-mask exactly n_s, or diffusers' strict cut-off rule
-                ) -> StepOut:
+
+def maskgit_step(
+    logits: torch.Tensor,  # [B,V,H,W] (the model's layout) or [B,HW,V]; already guided
+    tokens: torch.Tensor,  # [B,HW] or [B,H,W] int64: current map, `mask_id` where unknown
+    step: int,  # 0-based step index s (timestep N-1-s)
+    N: int,  # number of sampling steps
+    mask_id: int,  # the mask token id
+    generator: torch.Generator | None,  # source of all randomness (None: torch's global generator)
+    gumbel_temp: float | torch.Tensor,  # τ_s, scale of the Gumbel noise on the confidence
+    temperature: torch.Tensor | None = None,  # per-token softmax temperature [B,HW] (or [B,H,W]); None = 1
+    schedule: Schedule = "cosine",  # mask schedule, "cosine" or "linear"
+    ties: Literal["exact", "threshold"] = "exact",  # re-mask exactly n_s, or diffusers' strict cut-off rule
+) -> StepOut:
     "One MaskGIT unmasking step, batched over samples and positions; same random draws as diffusers' `AmusedScheduler.step`."
     B, HW, V = _check_step_inputs(logits, tokens, temperature)
-    if not 0 <= step < N: raise InputError(f"step must lie in 0..N-1 = 0..{N - 1}, got {step}", field="step")
-    if ties not in ("exact", "threshold"): raise InputError(f"ties must be 'exact' or 'threshold', got {ties!r}", field="ties")
-    if schedule not in ("cosine", "linear"): raise InputError(f"unknown masking schedule {schedule!r}; use 'cosine' or 'linear'", field="schedule")
+    if not 0 <= step < N:
+        raise InputError(f"step must lie in 0..N-1 = 0..{N - 1}, got {step}", field="step")
+    if ties not in ("exact", "threshold"):
+        raise InputError(f"ties must be 'exact' or 'threshold', got {ties!r}", field="ties")
+    if schedule not in ("cosine", "linear"):
+        raise InputError(f"unknown masking schedule {schedule!r}; use 'cosine' or 'linear'", field="schedule")
     shape = tokens.shape
     tok = tokens.reshape(B, HW)
     l = logits.reshape(B, V, HW).permute(0, 2, 1) if logits.ndim == 4 else logits  # [B,HW,V] view
     l = l.float()
-    if temperature is not None: l = l / temperature.reshape(B, HW, 1).to(l)
+    if temperature is not None:
+        l = l / temperature.reshape(B, HW, 1).to(l)
     probs = l.softmax(dim=-1)  # [B,HW,V]
     unknown = tok == mask_id
     # draw 1: one multinomial over [B*HW, V], on the generator's device
@@ -130,11 +187,19 @@ def maskgit_step(logits: torch.Tensor,  # [B,V,H,W] (the model's layout) or [B,H
     logp = probs.gather(-1, x0.clamp(0, V - 1)[..., None])[..., 0].clamp(min=1e-20).log()
     if step == N - 1:  # last step: commit everything, draw no noise
         conf = torch.where(unknown, logp, torch.inf)
-        return StepOut(x0.view(shape), x0.view(shape), logp.view(shape), conf.view(shape), torch.zeros(B, dtype=torch.long, device=tok.device))
+        return StepOut(
+            x0.view(shape),
+            x0.view(shape),
+            logp.view(shape),
+            conf.view(shape),
+            torch.zeros(B, dtype=torch.long, device=tok.device),
+        )
     # draw 2: uniform noise [B, HW] float32 on the generator's device -> Gumbel
     u = torch.empty(B, HW, dtype=torch.float32, device=gdev).uniform_(0, 1, generator=generator).to(probs.device)
     g = -(-u.clamp(min=1e-20).log()).clamp(min=1e-20).log()
-    conf = torch.where(unknown, logp + torch.as_tensor(gumbel_temp, dtype=torch.float32, device=probs.device) * g, torch.inf)
+    conf = torch.where(
+        unknown, logp + torch.as_tensor(gumbel_temp, dtype=torch.float32, device=probs.device) * g, torch.inf
+    )
     n = num_masks_after(step, N, HW, unknown.sum(-1), schedule)  # [B]
     if ties == "exact":
         order = conf.argsort(dim=-1, stable=True)
@@ -149,52 +214,78 @@ def maskgit_step(logits: torch.Tensor,  # [B,V,H,W] (the model's layout) or [B,H
 # %% ../../nbs/models/04_sampler.ipynb #53628cd0
 def _rows(x, B, name, ndim):
     if not isinstance(x, torch.Tensor) or x.ndim != ndim or x.shape[0] not in (1, B):
-        raise InputError(f"{name} must be a tensor with {ndim} dims and batch {B} (or 1), got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}", field=name)
+        raise InputError(
+            f"{name} must be a tensor with {ndim} dims and batch {B} (or 1), got "
+            f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}",
+            field=name,
+        )
     return x.expand(B, *x.shape[1:])
 
+
 @torch.no_grad()
-def sample(model: Callable,  # model(tokens, text_hidden, pooled, timestep, micro_conds) -> logits [B,V,H,W]; has codebook_size, mask_token_id
-           text_hidden: torch.Tensor,  # [B,L,D] text encoder states of the prompts
-           pooled: torch.Tensor,  # [B,P] pooled text vectors of the prompts
-           neg_text_hidden: torch.Tensor | None,  # [B,L,D] or [1,L,D]: the negative/empty prompt (needed when guiding)
-           neg_pooled: torch.Tensor | None,  # [B,P] or [1,P]
-           micro_conds: torch.Tensor,  # [B,k] or [1,k] micro-conditions, e.g. [W, H, 0, 0, 6]
-           N: int,  # number of sampling steps
-           cfg: float | None,  # guidance weight w; None, 0 or 1 = a single conditional pass
-           generator: torch.Generator | None,  # source of all randomness (None: torch's global generator)
-           grid: tuple[int, int],  # token map size (H, W)
-           tau: float | tuple[float, float] = (2.0, 0.0),  # Gumbel temperatures, see `gumbel_temperatures`
-           schedule: Schedule = "cosine",  # mask schedule, "cosine" or "linear"
-           ties: Literal["exact", "threshold"] = "exact",  # see `maskgit_step`
-           temperature_fn: Callable | None = None,  # (logits [B,HW,V], tokens [B,HW], step) -> per-token temperature [B,HW] or None
-           on_step: Callable | None = None,  # called as on_step(step, StepOut) after every step
-           return_x0: bool = False,  # also return every step's x0_hat, [N,B,H,W]
-          ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def sample(
+    model: Callable,  # model(tokens, text_hidden, pooled, timestep, micro_conds) -> logits [B,V,H,W]; has codebook_size, mask_token_id
+    text_hidden: torch.Tensor,  # [B,L,D] text encoder states of the prompts
+    pooled: torch.Tensor,  # [B,P] pooled text vectors of the prompts
+    neg_text_hidden: torch.Tensor | None,  # [B,L,D] or [1,L,D]: the negative/empty prompt (needed when guiding)
+    neg_pooled: torch.Tensor | None,  # [B,P] or [1,P]
+    micro_conds: torch.Tensor,  # [B,k] or [1,k] micro-conditions, e.g. [W, H, 0, 0, 6]
+    N: int,  # number of sampling steps
+    cfg: float | None,  # guidance weight w; None, 0 or 1 = a single conditional pass
+    generator: torch.Generator | None,  # source of all randomness (None: torch's global generator)
+    grid: tuple[int, int],  # token map size (H, W)
+    tau: float | tuple[float, float] = (2.0, 0.0),  # Gumbel temperatures, see `gumbel_temperatures`
+    schedule: Schedule = "cosine",  # mask schedule, "cosine" or "linear"
+    ties: Literal["exact", "threshold"] = "exact",  # see `maskgit_step`
+    temperature_fn: Callable
+    | None = None,  # (logits [B,HW,V], tokens [B,HW], step) -> per-token temperature [B,HW] or None
+    on_step: Callable | None = None,  # called as on_step(step, StepOut) after every step
+    return_x0: bool = False,  # also return every step's x0_hat, [N,B,H,W]
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     "Generate token maps [B,H,W] by N MaskGIT steps with classifier-free guidance (one model call per step)."
     for a in ("codebook_size", "mask_token_id"):
-        if not hasattr(model, a): raise InputError(f"model must have an attribute `{a}`", field="model")
+        if not hasattr(model, a):
+            raise InputError(f"model must have an attribute `{a}`", field="model")
     V, mask_id = int(model.codebook_size), int(model.mask_token_id)
-    if not isinstance(N, int) or isinstance(N, bool) or N < 1: raise InputError(f"N must be a positive int, got {N!r}", field="N")
-    if (not isinstance(grid, (tuple, list)) or len(grid) != 2 or not all(isinstance(x, int) and x > 0 for x in grid)):
+    if not isinstance(N, int) or isinstance(N, bool) or N < 1:
+        raise InputError(f"N must be a positive int, got {N!r}", field="N")
+    if not isinstance(grid, (tuple, list)) or len(grid) != 2 or not all(isinstance(x, int) and x > 0 for x in grid):
         raise InputError(f"grid must be (H, W) with positive ints, got {grid!r}", field="grid")
     if not isinstance(text_hidden, torch.Tensor) or text_hidden.ndim != 3:
-        raise InputError(f"text_hidden must be a tensor [B,L,D], got "
-                         f"{tuple(text_hidden.shape) if isinstance(text_hidden, torch.Tensor) else type(text_hidden).__name__}", field="text_hidden")
+        raise InputError(
+            f"text_hidden must be a tensor [B,L,D], got "
+            f"{tuple(text_hidden.shape) if isinstance(text_hidden, torch.Tensor) else type(text_hidden).__name__}",
+            field="text_hidden",
+        )
     B = text_hidden.shape[0]
     if not isinstance(pooled, torch.Tensor) or pooled.ndim != 2 or pooled.shape[0] != B:
-        raise InputError(f"pooled must be a tensor [B={B},P], got "
-                         f"{tuple(pooled.shape) if isinstance(pooled, torch.Tensor) else type(pooled).__name__}", field="pooled")
+        raise InputError(
+            f"pooled must be a tensor [B={B},P], got "
+            f"{tuple(pooled.shape) if isinstance(pooled, torch.Tensor) else type(pooled).__name__}",
+            field="pooled",
+        )
     micro_conds = _rows(micro_conds, B, "micro_conds", 2)
     guided = cfg is not None and cfg != 0 and cfg != 1
     if guided:
         if neg_text_hidden is None or neg_pooled is None:
-            raise InputError(f"cfg={cfg} needs the negative prompt", field="neg_text_hidden" if neg_text_hidden is None else "neg_pooled")
-        neg_text_hidden, neg_pooled = _rows(neg_text_hidden, B, "neg_text_hidden", 3), _rows(neg_pooled, B, "neg_pooled", 2)
+            raise InputError(
+                f"cfg={cfg} needs the negative prompt",
+                field="neg_text_hidden" if neg_text_hidden is None else "neg_pooled",
+            )
+        neg_text_hidden, neg_pooled = (
+            _rows(neg_text_hidden, B, "neg_text_hidden", 3),
+            _rows(neg_pooled, B, "neg_pooled", 2),
+        )
         if neg_text_hidden.shape[1:] != text_hidden.shape[1:]:
-            raise InputError(f"neg_text_hidden {tuple(neg_text_hidden.shape)} must match text_hidden {tuple(text_hidden.shape)} after the batch dim", field="neg_text_hidden")
+            raise InputError(
+                f"neg_text_hidden {tuple(neg_text_hidden.shape)} must match text_hidden {tuple(text_hidden.shape)} after the batch dim",
+                field="neg_text_hidden",
+            )
         if neg_pooled.shape[1:] != pooled.shape[1:]:
-            raise InputError(f"neg_pooled {tuple(neg_pooled.shape)} must match pooled {tuple(pooled.shape)} after the batch dim", field="neg_pooled")
+            raise InputError(
+                f"neg_pooled {tuple(neg_pooled.shape)} must match pooled {tuple(pooled.shape)} after the batch dim",
+                field="neg_pooled",
+            )
         text_hidden, pooled = torch.cat([neg_text_hidden, text_hidden]), torch.cat([neg_pooled, pooled])
         micro_conds = torch.cat([micro_conds, micro_conds])
     H, W = grid
@@ -202,20 +293,33 @@ def sample(model: Callable,  # model(tokens, text_hidden, pooled, timestep, micr
     rows = text_hidden.shape[0]
     ts, taus = timesteps(N, device=device), gumbel_temperatures(N, tau, device=device)
     tokens = torch.full((B, H * W), mask_id, dtype=torch.long, device=device)
-    x0s = torch.empty((N, B, H, W), dtype=torch.int16 if V < 32768 else torch.int32, device=device) if return_x0 else None
+    x0s = (
+        torch.empty((N, B, H, W), dtype=torch.int16 if V < 32768 else torch.int32, device=device) if return_x0 else None
+    )
     for s in range(N):
         inp = tokens.view(B, H, W)
         logits = model(torch.cat([inp, inp]) if guided else inp, text_hidden, pooled, ts[s].expand(rows), micro_conds)
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (rows, V, H, W):
-            raise InputError(f"model returned {tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}, "
-                             f"expected logits [{rows},{V},{H},{W}]", field="model")
+            raise InputError(
+                f"model returned {tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}, "
+                f"expected logits [{rows},{V},{H},{W}]",
+                field="model",
+            )
         if guided:
             l_u, l_c = logits.chunk(2)
             logits = l_u + cfg * (l_c - l_u)
-        T = temperature_fn(logits.reshape(B, V, H * W).permute(0, 2, 1), tokens, s) if temperature_fn is not None else None
-        out = maskgit_step(logits, tokens, s, N, mask_id, generator, taus[s], temperature=T, schedule=schedule, ties=ties)
+        T = (
+            temperature_fn(logits.reshape(B, V, H * W).permute(0, 2, 1), tokens, s)
+            if temperature_fn is not None
+            else None
+        )
+        out = maskgit_step(
+            logits, tokens, s, N, mask_id, generator, taus[s], temperature=T, schedule=schedule, ties=ties
+        )
         tokens = out.tokens
-        if x0s is not None: x0s[s] = out.x0_hat.view(B, H, W)
-        if on_step is not None: on_step(s, out)
+        if x0s is not None:
+            x0s[s] = out.x0_hat.view(B, H, W)
+        if on_step is not None:
+            on_step(s, out)
     tokens = tokens.view(B, H, W)
     return (tokens, x0s) if return_x0 else tokens

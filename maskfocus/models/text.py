@@ -22,72 +22,110 @@ __all__ = ['TextEncoder', 'clip_tokenizer', 'CLIPTextEncoder']
 @runtime_checkable
 class TextEncoder(Protocol):
     "What the sampler and the trainer need from a text encoder."
+
     hidden_dim: int  # width of the per-token hidden states (the transformer's `joint_attention_dim`)
     pooled_dim: int  # width of the pooled vector (the transformer's `pooled_projection_dim`)
     max_length: int  # tokens per prompt after padding
+
     def __call__(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]: ...  # -> [B,L,D], [B,P]
 
 # %% ../../nbs/models/02_text.ipynb #f0fe4a7d
 @functools.lru_cache(maxsize=None)
 def _bpe_folder() -> str:
     from open_clip.tokenizer import SimpleTokenizer
+
     t = SimpleTokenizer()
     rename = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
     vocab = {rename.get(k, k): v for k, v in t.encoder.items()}
     merges = [" ".join(pair) for pair, _ in sorted(t.bpe_ranks.items(), key=lambda kv: kv[1])]
     d = Path(tempfile.mkdtemp(prefix="maskfocus-clip-bpe-"))
-    (d/"vocab.json").write_text(json.dumps(vocab))
-    (d/"merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     return str(d)
 
-def clip_tokenizer(folder: str | Path | None = None,  # a `tokenizer/` folder (None: open_clip's shipped BPE)
-                   max_length: int = 77,  # tokens per prompt after padding (Meissonic: 77)
-                   pad_token: str = "!",  # pad token when built from the BPE file
-                   ):
+
+def clip_tokenizer(
+    folder: str | Path | None = None,  # a `tokenizer/` folder (None: open_clip's shipped BPE)
+    max_length: int = 77,  # tokens per prompt after padding (Meissonic: 77)
+    pad_token: str = "!",  # pad token when built from the BPE file
+):
     "A transformers `CLIPTokenizer`, from a local folder or from open_clip's shipped vocabulary."
     from transformers import CLIPTokenizer
+
     if folder is not None:
-        if not Path(folder).is_dir(): raise InputError("tokenizer folder not found", file=folder)
+        if not Path(folder).is_dir():
+            raise InputError("tokenizer folder not found", file=folder)
         return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True, model_max_length=max_length)
     d = Path(_bpe_folder())
-    return CLIPTokenizer(str(d/"vocab.json"), str(d/"merges.txt"), model_max_length=max_length, pad_token=pad_token)
+    return CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"), model_max_length=max_length, pad_token=pad_token)
 
 # %% ../../nbs/models/02_text.ipynb #894d7ecd
 class CLIPTextEncoder(nn.Module):
     "Prompts -> (penultimate hidden states, projected pooled text embedding), as Meissonic uses CLIP."
-    def __init__(self,
-                 model,  # a transformers `CLIPTextModelWithProjection`
-                 tokenizer,  # a transformers `CLIPTokenizer`
-                 max_length: int | None = None):  # tokens per prompt (default: the tokenizer's model_max_length)
+
+    def __init__(
+        self,
+        model,  # a transformers `CLIPTextModelWithProjection`
+        tokenizer,  # a transformers `CLIPTokenizer`
+        max_length: int | None = None,
+    ):  # tokens per prompt (default: the tokenizer's model_max_length)
         super().__init__()
         self.model, self.tokenizer = model, tokenizer
         self.max_length = int(max_length or tokenizer.model_max_length)
         if self.max_length > model.config.max_position_embeddings:
-            raise InputError(f"max_length {self.max_length} exceeds the model's {model.config.max_position_embeddings} positions", field="max_length")
+            raise InputError(
+                f"max_length {self.max_length} exceeds the model's {model.config.max_position_embeddings} positions",
+                field="max_length",
+            )
         self.hidden_dim, self.pooled_dim = model.config.hidden_size, model.config.projection_dim
 
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:  # the prompts
         "Token ids [B, max_length], padded and truncated."
-        if isinstance(prompts, str): raise InputError("expected a list of prompts, got one string", field="prompts")
-        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt").input_ids
+        if isinstance(prompts, str):
+            raise InputError("expected a list of prompts, got one string", field="prompts")
+        ids = self.tokenizer(
+            list(prompts), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        ).input_ids
         return ids.to(self.model.device)
 
-    def forward(self, prompts: Sequence[str] | None = None,  # prompts, or ...
-                input_ids: torch.Tensor | None = None,  # ... already tokenized ids [B, max_length]
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        prompts: Sequence[str] | None = None,  # prompts, or ...
+        input_ids: torch.Tensor | None = None,  # ... already tokenized ids [B, max_length]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         "(hidden states of the penultimate layer [B,L,D], text_embeds [B,P])."
-        if input_ids is None: input_ids = self.tokenize(prompts)
+        if input_ids is None:
+            input_ids = self.tokenize(prompts)
         out = self.model(input_ids=input_ids, output_hidden_states=True)
         return out.hidden_states[-2], out.text_embeds
 
     @classmethod
-    def tiny(cls, hidden: int = 32, layers: int = 2, heads: int = 2, projection_dim: int = 32, max_length: int = 16, seed: int = 0):
+    def tiny(
+        cls,
+        hidden: int = 32,
+        layers: int = 2,
+        heads: int = 2,
+        projection_dim: int = 32,
+        max_length: int = 16,
+        seed: int = 0,
+    ):
         "A small randomly initialised CLIP text tower with the full CLIP vocabulary (toy scale, tests)."
         from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-        cfg = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                             num_attention_heads=heads, max_position_embeddings=max_length, projection_dim=projection_dim,
-                             hidden_act="gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=0)
-        with torch.random.fork_rng(): 
+
+        cfg = CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=hidden,
+            intermediate_size=4 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=max_length,
+            projection_dim=projection_dim,
+            hidden_act="gelu",
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=0,
+        )
+        with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = CLIPTextModelWithProjection(cfg)
         return cls(model.eval(), clip_tokenizer(max_length=max_length), max_length)  # eval mode, like from_pretrained
@@ -95,16 +133,25 @@ class CLIPTextEncoder(nn.Module):
     def save(self, folder: str | Path):  # checkpoint root: writes text_encoder/ and tokenizer/
         "Write `text_encoder/` (safetensors) and `tokenizer/` under `folder`, each atomically."
         folder = Path(folder)
-        with atomic_dir(folder/"text_encoder") as d: self.model.save_pretrained(d, safe_serialization=True)
-        with atomic_dir(folder/"tokenizer") as d: self.tokenizer.save_pretrained(d)
+        with atomic_dir(folder / "text_encoder") as d:
+            self.model.save_pretrained(d, safe_serialization=True)
+        with atomic_dir(folder / "tokenizer") as d:
+            self.tokenizer.save_pretrained(d)
 
     @classmethod
-    def load(cls, folder: str | Path, max_length: int | None = None):  # checkpoint root with text_encoder/ and tokenizer/
+    def load(
+        cls, folder: str | Path, max_length: int | None = None
+    ):  # checkpoint root with text_encoder/ and tokenizer/
         "Load from a local checkpoint folder in the released layout (safetensors only, no hub)."
         from transformers import CLIPTextModelWithProjection
+
         folder = Path(folder)
-        te = folder/"text_encoder"
-        if not (te/"config.json").is_file(): raise InputError("missing text_encoder/config.json", file=te)
-        if not list(te.glob("*.safetensors")): raise InputError("no safetensors weights in text_encoder/ (pickled weights are not loaded)", file=te)
+        te = folder / "text_encoder"
+        if not (te / "config.json").is_file():
+            raise InputError("missing text_encoder/config.json", file=te)
+        if not list(te.glob("*.safetensors")):
+            raise InputError("no safetensors weights in text_encoder/ (pickled weights are not loaded)", file=te)
         model = CLIPTextModelWithProjection.from_pretrained(str(te), local_files_only=True, use_safetensors=True)
-        return cls(model, clip_tokenizer(folder/"tokenizer", max_length or model.config.max_position_embeddings), max_length)
+        return cls(
+            model, clip_tokenizer(folder / "tokenizer", max_length or model.config.max_position_embeddings), max_length
+        )

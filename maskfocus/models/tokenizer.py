@@ -21,10 +21,12 @@ __all__ = ['VQVAE_DIR', 'VQ_CONFIG_NAME', 'VQ_WEIGHTS_NAME', 'TOKENIZERS', 'Toke
 @runtime_checkable
 class Tokenizer(Protocol):
     "What the sampler, the trainer and the rewards need from an image tokenizer."
+
     codebook_size: int  # number of codes; the mask token id is `codebook_size`
     image_size: int  # pixels per image side
     grid: int  # tokens per image side
     embed_dim: int  # channels of a codebook embedding
+
     def encode(self, images: torch.Tensor) -> torch.Tensor: ...  # [B,3,H,W] in [0,1] -> [B,h,w] int64
     def decode(self, ids: torch.Tensor) -> torch.Tensor: ...  # [B,h,w] int64 -> [B,3,H,W] in [0,1]
     def embed(self, ids: torch.Tensor) -> torch.Tensor: ...  # [B,h,w] int64 -> [B,C,h,w]
@@ -33,9 +35,12 @@ class Tokenizer(Protocol):
 def to_tensor(images) -> torch.Tensor:  # HxWx3 / BxHxWx3 uint8 array(s) or a list of them
     "uint8 HWC image(s) -> float [B,3,H,W] in [0,1]."
     a = np.stack(images) if isinstance(images, (list, tuple)) else np.asarray(images)
-    if a.ndim == 3: a = a[None]
-    if a.ndim != 4 or a.shape[-1] != 3: raise InputError(f"expected [B,H,W,3] images, got shape {a.shape}", field="images")
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4 or a.shape[-1] != 3:
+        raise InputError(f"expected [B,H,W,3] images, got shape {a.shape}", field="images")
     return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 255
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:  # [B,3,H,W] floats in [0,1]
     "float [B,3,H,W] in [0,1] -> uint8 [B,H,W,3] (rounded)."
@@ -52,69 +57,115 @@ from ..core import atomic_dir, safetensors_dtype, safetensors_file
 # %% ../../nbs/models/03_tokenizer.ipynb #1b2b8db5
 VQVAE_DIR, VQ_CONFIG_NAME, VQ_WEIGHTS_NAME = "vqvae", "config.json", "diffusion_pytorch_model.safetensors"
 
+
 def meissonic_vqvae_config() -> dict:
     "Keyword arguments of diffusers' `VQModel` for Meissonic's released `vqvae/config.json` (architecture notes §2.2)."
-    return dict(act_fn="silu", block_out_channels=[128, 256, 256, 512, 768],
-                down_block_types=["DownEncoderBlock2D"] * 5, up_block_types=["UpDecoderBlock2D"] * 5,
-                in_channels=3, out_channels=3, latent_channels=64, layers_per_block=2, lookup_from_codebook=True,
-                mid_block_add_attention=False, norm_num_groups=32, norm_type="group", num_vq_embeddings=8192,
-                vq_embed_dim=None, sample_size=32, scaling_factor=0.18215, force_upcast=True)
+    return dict(
+        act_fn="silu",
+        block_out_channels=[128, 256, 256, 512, 768],
+        down_block_types=["DownEncoderBlock2D"] * 5,
+        up_block_types=["UpDecoderBlock2D"] * 5,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=64,
+        layers_per_block=2,
+        lookup_from_codebook=True,
+        mid_block_add_attention=False,
+        norm_num_groups=32,
+        norm_type="group",
+        num_vq_embeddings=8192,
+        vq_embed_dim=None,
+        sample_size=32,
+        scaling_factor=0.18215,
+        force_upcast=True,
+    )
+
 
 def tiny_vqvae_config() -> dict:
     "Keyword arguments of a tiny random `VQModel` (0.16 M parameters, factor 2, 32 codes of width 8) for tests."
-    return dict(block_out_channels=[16, 32], down_block_types=["DownEncoderBlock2D"] * 2,
-                up_block_types=["UpDecoderBlock2D"] * 2, layers_per_block=1, latent_channels=8, num_vq_embeddings=32,
-                norm_num_groups=8, lookup_from_codebook=True, mid_block_add_attention=False)
+    return dict(
+        block_out_channels=[16, 32],
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        layers_per_block=1,
+        latent_channels=8,
+        num_vq_embeddings=32,
+        norm_num_groups=8,
+        lookup_from_codebook=True,
+        mid_block_add_attention=False,
+    )
 
 # %% ../../nbs/models/03_tokenizer.ipynb #b15ff1b6
 def _read_vq_config(path: Path) -> dict:
-    try: cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e: raise InputError(f"not valid JSON: {e.msg}", file=path, line=e.lineno) from None
-    if not isinstance(cfg, dict): raise InputError(f"expected a JSON object, got {type(cfg).__name__}", file=path)
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON: {e.msg}", file=path, line=e.lineno) from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"expected a JSON object, got {type(cfg).__name__}", file=path)
     name = cfg.get("_class_name", "VQModel")
-    if name != "VQModel": raise InputError(f"expected a diffusers VQModel config, got _class_name {name!r}", file=path, field="_class_name")
+    if name != "VQModel":
+        raise InputError(
+            f"expected a diffusers VQModel config, got _class_name {name!r}", file=path, field="_class_name"
+        )
     return cfg
 
-def _vq_weights_file(vdir: Path, variant: str | None) -> Path: return safetensors_file(vdir, VQ_WEIGHTS_NAME, variant)
+
+def _vq_weights_file(vdir: Path, variant: str | None) -> Path:
+    return safetensors_file(vdir, VQ_WEIGHTS_NAME, variant)
 
 
 class VQTokenizer:
     "Meissonic's VQ-VAE (a diffusers `VQModel`) behind the `Tokenizer` interface: pixels in [0, 1] <-> token ids."
-    def __init__(self,
-                 model,  # a diffusers `VQModel`; it is put in eval mode and frozen
-                 image_size: int = 1024,  # nominal image side in pixels (a multiple of the downsampling factor)
-                 chunk: int = 8,  # images per encoder/decoder call (bounds memory at 1024 px)
-                ):
+
+    def __init__(
+        self,
+        model,  # a diffusers `VQModel`; it is put in eval mode and frozen
+        image_size: int = 1024,  # nominal image side in pixels (a multiple of the downsampling factor)
+        chunk: int = 8,  # images per encoder/decoder call (bounds memory at 1024 px)
+    ):
         from diffusers import VQModel
-        if not isinstance(model, VQModel): raise InputError(f"expected a diffusers VQModel, got {type(model).__name__}", field="model")
+
+        if not isinstance(model, VQModel):
+            raise InputError(f"expected a diffusers VQModel, got {type(model).__name__}", field="model")
         self.model = model.eval().requires_grad_(False)
         cfg = model.config
         self.factor = 2 ** (len(cfg.block_out_channels) - 1)  # pixels per token side
         if image_size < self.factor or image_size % self.factor:
-            raise InputError(f"must be a positive multiple of the downsampling factor {self.factor}, got {image_size}", field="image_size")
-        if chunk < 1: raise InputError(f"must be >= 1, got {chunk}", field="chunk")
+            raise InputError(
+                f"must be a positive multiple of the downsampling factor {self.factor}, got {image_size}",
+                field="image_size",
+            )
+        if chunk < 1:
+            raise InputError(f"must be >= 1, got {chunk}", field="chunk")
         self.codebook_size = int(cfg.num_vq_embeddings)
         self.embed_dim = int(cfg.vq_embed_dim or cfg.latent_channels)
         self.image_size, self.grid, self.chunk = image_size, image_size // self.factor, chunk
 
     @classmethod
-    def tiny(cls,
-             image_size: int = 32,  # nominal image side (grid = image_size / 2)
-             seed: int = 0,  # seed of the random weights
-            ) -> VQTokenizer:
+    def tiny(
+        cls,
+        image_size: int = 32,  # nominal image side (grid = image_size / 2)
+        seed: int = 0,  # seed of the random weights
+    ) -> VQTokenizer:
         "A tiny random VQ tokenizer (`tiny_vqvae_config()`) for tests and examples."
         from diffusers import VQModel
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return cls(VQModel(**tiny_vqvae_config()), image_size=image_size)
 
     @property
-    def device(self) -> torch.device: return self.model.device
+    def device(self) -> torch.device:
+        return self.model.device
 
     def _check_ids(self, ids: torch.Tensor, allow_mask: bool) -> torch.Tensor:
         if not isinstance(ids, torch.Tensor) or ids.ndim != 3 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
-            raise InputError(f"expected integer ids [B,h,w], got {getattr(ids, 'dtype', type(ids).__name__)} "
-                             f"{tuple(getattr(ids, 'shape', ()))}", field="ids")
+            raise InputError(
+                f"expected integer ids [B,h,w], got {getattr(ids, 'dtype', type(ids).__name__)} "
+                f"{tuple(getattr(ids, 'shape', ()))}",
+                field="ids",
+            )
         top = self.codebook_size if allow_mask else self.codebook_size - 1
         if ids.numel() and (ids.min() < 0 or ids.max() > top):
             what = f"0..{top} ({top} = mask)" if allow_mask else f"0..{top} (no mask ids)"
@@ -124,13 +175,24 @@ class VQTokenizer:
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:  # [B,3,H,W] in [0,1], H and W multiples of `factor`
         "Token ids [B, H/factor, W/factor]: encoder -> quant_conv -> nearest codebook vector."
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3 \
-                or images.shape[2] % self.factor or images.shape[3] % self.factor or 0 in images.shape:
-            raise InputError(f"expected images [B,3,H,W] with H and W multiples of {self.factor}, "
-                             f"got {tuple(getattr(images, 'shape', ()))}", field="images")
+        if (
+            not isinstance(images, torch.Tensor)
+            or images.ndim != 4
+            or images.shape[1] != 3
+            or images.shape[2] % self.factor
+            or images.shape[3] % self.factor
+            or 0 in images.shape
+        ):
+            raise InputError(
+                f"expected images [B,3,H,W] with H and W multiples of {self.factor}, "
+                f"got {tuple(getattr(images, 'shape', ()))}",
+                field="images",
+            )
         lo, hi = images.min().item(), images.max().item()
         if lo < -1e-3 or hi > 1 + 1e-3:
-            raise InputError(f"pixel values must lie in [0, 1] (no [-1, 1] normalisation), got {lo:.3g}..{hi:.3g}", field="images")
+            raise InputError(
+                f"pixel values must lie in [0, 1] (no [-1, 1] normalisation), got {lo:.3g}..{hi:.3g}", field="images"
+            )
         out = []
         for x in images.split(self.chunk):
             h = self.model.encode(x.to(self.device, self.model.dtype)).latents  # [b,C,h,w]
@@ -145,10 +207,14 @@ class VQTokenizer:
         m, f, out = self.model, self.factor, []
         for b in ids.split(self.chunk):
             mask = b == self.codebook_size
-            q = m.quantize.get_codebook_entry(b.clamp(max=self.codebook_size - 1).reshape(-1), (*b.shape, self.embed_dim))
-            if mask.any(): q = torch.where(mask[:, None], m.quantize.embedding.weight.mean(0)[None, :, None, None], q)
+            q = m.quantize.get_codebook_entry(
+                b.clamp(max=self.codebook_size - 1).reshape(-1), (*b.shape, self.embed_dim)
+            )
+            if mask.any():
+                q = torch.where(mask[:, None], m.quantize.embedding.weight.mean(0)[None, :, None, None], q)
             x = m.decoder(m.post_quant_conv(q), q if m.config.norm_type == "spatial" else None).float().clamp(0, 1)
-            if mask.any(): x = x.masked_fill(mask.repeat_interleave(f, 1).repeat_interleave(f, 2)[:, None], 0.5)
+            if mask.any():
+                x = x.masked_fill(mask.repeat_interleave(f, 1).repeat_interleave(f, 2)[:, None], 0.5)
             out.append(x)
         return torch.cat(out)
 
@@ -159,34 +225,45 @@ class VQTokenizer:
         return self.model.quantize.get_codebook_entry(ids.reshape(-1), (*ids.shape, self.embed_dim))
 
     @classmethod
-    def load(cls,
-             folder: str | os.PathLike,  # checkpoint root holding vqvae/ (or the vqvae/ folder itself)
-             image_size: int = 1024,  # nominal image side in pixels
-             device: str | torch.device = "cpu",  # where the weights go
-             dtype: torch.dtype | None = None,  # cast the weights (default: as stored; float16 -> float32 if force_upcast)
-             variant: str | None = None,  # e.g. "fp16" for diffusion_pytorch_model.fp16.safetensors
-            ) -> VQTokenizer:
+    def load(
+        cls,
+        folder: str | os.PathLike,  # checkpoint root holding vqvae/ (or the vqvae/ folder itself)
+        image_size: int = 1024,  # nominal image side in pixels
+        device: str | torch.device = "cpu",  # where the weights go
+        dtype: torch.dtype | None = None,  # cast the weights (default: as stored; float16 -> float32 if force_upcast)
+        variant: str | None = None,  # e.g. "fp16" for diffusion_pytorch_model.fp16.safetensors
+    ) -> VQTokenizer:
         "Load the VQ model of a local checkpoint folder in the released layout (safetensors only, no hub)."
         from diffusers import VQModel
+
         folder = Path(folder)
-        vdir = folder if (folder/VQ_CONFIG_NAME).is_file() and not (folder/VQVAE_DIR).is_dir() else folder/VQVAE_DIR
-        if not (vdir/VQ_CONFIG_NAME).is_file():
-            raise InputError(f"VQ model config not found: expected {VQVAE_DIR}/{VQ_CONFIG_NAME} in the checkpoint folder", file=vdir/VQ_CONFIG_NAME)
-        cfg = _read_vq_config(vdir/VQ_CONFIG_NAME)
+        vdir = (
+            folder if (folder / VQ_CONFIG_NAME).is_file() and not (folder / VQVAE_DIR).is_dir() else folder / VQVAE_DIR
+        )
+        if not (vdir / VQ_CONFIG_NAME).is_file():
+            raise InputError(
+                f"VQ model config not found: expected {VQVAE_DIR}/{VQ_CONFIG_NAME} in the checkpoint folder",
+                file=vdir / VQ_CONFIG_NAME,
+            )
+        cfg = _read_vq_config(vdir / VQ_CONFIG_NAME)
         wfile = _vq_weights_file(vdir, variant)
         try:
             if dtype is None:  # as stored (diffusers would load float32), but float16 is up-cast like the pipeline does
                 dtype = safetensors_dtype(wfile)
-                if dtype == torch.float16 and cfg.get("force_upcast", False): dtype = torch.float32
-            model = VQModel.from_pretrained(str(vdir), local_files_only=True, use_safetensors=True, variant=variant,
-                                            torch_dtype=dtype)
-        except Exception as e: raise InputError(f"cannot load the VQ model: {e}", file=wfile) from None
+                if dtype == torch.float16 and cfg.get("force_upcast", False):
+                    dtype = torch.float32
+            model = VQModel.from_pretrained(
+                str(vdir), local_files_only=True, use_safetensors=True, variant=variant, torch_dtype=dtype
+            )
+        except Exception as e:
+            raise InputError(f"cannot load the VQ model: {e}", file=wfile) from None
         return cls(model.to(device), image_size=image_size)
 
     def save(self, folder: str | os.PathLike) -> Path:  # checkpoint root; only its vqvae/ subfolder is (re)written
         "Write `vqvae/` (config.json + diffusion_pytorch_model.safetensors) atomically under `folder`."
         folder = Path(folder)
-        with atomic_dir(folder/VQVAE_DIR) as tmp: self.model.save_pretrained(tmp, safe_serialization=True)
+        with atomic_dir(folder / VQVAE_DIR) as tmp:
+            self.model.save_pretrained(tmp, safe_serialization=True)
         return folder
 
 # %% ../../nbs/models/03_tokenizer.ipynb #793a1d6a
@@ -196,15 +273,19 @@ TOKENIZERS = {  # vqvae/config.json `_class_name` -> the class that loads it ("m
 }
 
 
-def load_tokenizer(folder: str | os.PathLike,  # checkpoint root holding vqvae/config.json
-                   device: str | torch.device = "cpu"):  # where the weights go
+def load_tokenizer(
+    folder: str | os.PathLike,  # checkpoint root holding vqvae/config.json
+    device: str | torch.device = "cpu",
+):  # where the weights go
     "The tokenizer saved in `folder/vqvae`, of the class its config names (a diffusers VQModel by default)."
     from maskfocus.core import resolve
 
-    path = Path(folder)/VQVAE_DIR/VQ_CONFIG_NAME
-    if not path.is_file(): raise InputError("missing vqvae/config.json", file=path)
+    path = Path(folder) / VQVAE_DIR / VQ_CONFIG_NAME
+    if not path.is_file():
+        raise InputError("missing vqvae/config.json", file=path)
     name = json.loads(path.read_text()).get("_class_name", "VQModel")
     if name not in TOKENIZERS:
-        raise InputError(f"unknown tokenizer class {name!r} (known: {', '.join(TOKENIZERS)})", file=path, field="_class_name")
+        raise InputError(
+            f"unknown tokenizer class {name!r} (known: {', '.join(TOKENIZERS)})", file=path, field="_class_name"
+        )
     return resolve(TOKENIZERS[name]).load(folder, device=device)
-

@@ -38,43 +38,104 @@ NORM_EPS = 1e-6  # every RMSNorm / LayerNorm / q-k norm of the transformer (§2.
 ROPE_THETA = 10000.0  # RoPE base (§2.1, §4.4)
 _BOOKKEEPING_KEYS = ("_class_name", "_diffusers_version", "_name_or_path")
 
+
 def _help(text: str, released) -> dict:
-    return {"help": f"{text} Released transformer/config.json: {json.dumps(released)} (meissonic_architecture.md §2.1)."}
+    return {
+        "help": f"{text} Released transformer/config.json: {json.dumps(released)} (meissonic_architecture.md §2.1)."
+    }
+
 
 @dataclass
 class MeissonicConfig:
     "Hyper-parameters of the Meissonic transformer: one field per key of the released `transformer/config.json`."
-    attention_head_dim: int = field(default=128, metadata=_help(
-        "Width of one attention head (also the width of the q/k RMSNorms); RoPE splits it over three axes, so it must equal sum(axes_dims_rope).", 128))
-    num_attention_heads: int = field(default=8, metadata=_help(
-        "Number of attention heads; the inner width is D = num_attention_heads * attention_head_dim (1024 for the release).", 8))
-    num_layers: int = field(default=14, metadata=_help(
-        "Number of dual-stream (MMDiT) blocks `transformer_blocks.*` (§3).", 14))
-    num_single_layers: int = field(default=28, metadata=_help(
-        "Number of single-stream blocks `single_transformer_blocks.*` (§3).", 28))
-    joint_attention_dim: int = field(default=1024, metadata=_help(
-        "Width of the text hidden states fed in (input of `context_embedder`); CLIP-ViT-H-14's hidden width for the release (§7).", 1024))
-    pooled_projection_dim: int = field(default=1024, metadata=_help(
-        "Width of the pooled text vector; `cond_embed` takes it plus 5 x 256 micro-cond channels. Must equal D (§4 steps 2 and 7).", 1024))
-    axes_dims_rope: tuple[int, ...] = field(default=(16, 56, 56), metadata=_help(
-        "RoPE channels per position axis (constant, row, column); each even, summing to attention_head_dim (§4.4).", [16, 56, 56]))
-    vocab_size: int = field(default=8256, metadata=_help(
-        "Rows of the input token embedding: the codebook ids plus extra ids; the last id (vocab_size - 1) is the mask token (§2.3, §6).", 8256))
-    codebook_size: int = field(default=8192, metadata=_help(
-        "Number of VQ codes = output logit channels; ids >= codebook_size are never predicted (§4 step 13).", 8192))
-    downsample: bool = field(default=True, metadata=_help(
-        "2x2 stride-2 conv patch merge after the token embedding (`down_block`, §4 step 5); the token grid must then be even.", True))
-    upsample: bool = field(default=True, metadata=_help(
-        "2x2 stride-2 transposed conv before the head (`up_block`, §4 step 12); must equal `downsample`.", True))
-    in_channels: int = field(default=64, metadata=_help(
-        "Stored in the released config but used by no weight (the embedding width is D); kept for layout compatibility.", 64))
-    patch_size: int = field(default=1, metadata=_help(
-        "Stored in the released config but unused; kept for layout compatibility.", 1))
-    guidance_embeds: bool = field(default=False, metadata=_help(
-        "True would select a guidance-distilled time embedder; only false (the released value) is supported.", False))
+
+    attention_head_dim: int = field(
+        default=128,
+        metadata=_help(
+            "Width of one attention head (also the width of the q/k RMSNorms); RoPE splits it over three axes, so it must equal sum(axes_dims_rope).",
+            128,
+        ),
+    )
+    num_attention_heads: int = field(
+        default=8,
+        metadata=_help(
+            "Number of attention heads; the inner width is D = num_attention_heads * attention_head_dim (1024 for the release).",
+            8,
+        ),
+    )
+    num_layers: int = field(
+        default=14, metadata=_help("Number of dual-stream (MMDiT) blocks `transformer_blocks.*` (§3).", 14)
+    )
+    num_single_layers: int = field(
+        default=28, metadata=_help("Number of single-stream blocks `single_transformer_blocks.*` (§3).", 28)
+    )
+    joint_attention_dim: int = field(
+        default=1024,
+        metadata=_help(
+            "Width of the text hidden states fed in (input of `context_embedder`); CLIP-ViT-H-14's hidden width for the release (§7).",
+            1024,
+        ),
+    )
+    pooled_projection_dim: int = field(
+        default=1024,
+        metadata=_help(
+            "Width of the pooled text vector; `cond_embed` takes it plus 5 x 256 micro-cond channels. Must equal D (§4 steps 2 and 7).",
+            1024,
+        ),
+    )
+    axes_dims_rope: tuple[int, ...] = field(
+        default=(16, 56, 56),
+        metadata=_help(
+            "RoPE channels per position axis (constant, row, column); each even, summing to attention_head_dim (§4.4).",
+            [16, 56, 56],
+        ),
+    )
+    vocab_size: int = field(
+        default=8256,
+        metadata=_help(
+            "Rows of the input token embedding: the codebook ids plus extra ids; the last id (vocab_size - 1) is the mask token (§2.3, §6).",
+            8256,
+        ),
+    )
+    codebook_size: int = field(
+        default=8192,
+        metadata=_help(
+            "Number of VQ codes = output logit channels; ids >= codebook_size are never predicted (§4 step 13).", 8192
+        ),
+    )
+    downsample: bool = field(
+        default=True,
+        metadata=_help(
+            "2x2 stride-2 conv patch merge after the token embedding (`down_block`, §4 step 5); the token grid must then be even.",
+            True,
+        ),
+    )
+    upsample: bool = field(
+        default=True,
+        metadata=_help(
+            "2x2 stride-2 transposed conv before the head (`up_block`, §4 step 12); must equal `downsample`.", True
+        ),
+    )
+    in_channels: int = field(
+        default=64,
+        metadata=_help(
+            "Stored in the released config but used by no weight (the embedding width is D); kept for layout compatibility.",
+            64,
+        ),
+    )
+    patch_size: int = field(
+        default=1, metadata=_help("Stored in the released config but unused; kept for layout compatibility.", 1)
+    )
+    guidance_embeds: bool = field(
+        default=False,
+        metadata=_help(
+            "True would select a guidance-distilled time embedder; only false (the released value) is supported.", False
+        ),
+    )
 
     def __post_init__(self):
-        if isinstance(self.axes_dims_rope, list): self.axes_dims_rope = tuple(self.axes_dims_rope)
+        if isinstance(self.axes_dims_rope, list):
+            self.axes_dims_rope = tuple(self.axes_dims_rope)
         for f in fields(self):
             v = getattr(self, f.name)
             kind = f.type if isinstance(f.type, str) else f.type.__name__
@@ -85,28 +146,54 @@ class MeissonicConfig:
         ax = self.axes_dims_rope
         if not isinstance(ax, tuple) or not ax or any(isinstance(a, bool) or not isinstance(a, int) for a in ax):
             raise InputError(f"must be a non-empty list of integers, got {ax!r}", field="axes_dims_rope")
-        for name in ("attention_head_dim", "num_attention_heads", "joint_attention_dim", "pooled_projection_dim",
-                     "vocab_size", "codebook_size", "in_channels", "patch_size"):
-            if getattr(self, name) < 1: raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name)
+        for name in (
+            "attention_head_dim",
+            "num_attention_heads",
+            "joint_attention_dim",
+            "pooled_projection_dim",
+            "vocab_size",
+            "codebook_size",
+            "in_channels",
+            "patch_size",
+        ):
+            if getattr(self, name) < 1:
+                raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name)
         for name in ("num_layers", "num_single_layers"):
-            if getattr(self, name) < 0: raise InputError(f"must be >= 0, got {getattr(self, name)}", field=name)
+            if getattr(self, name) < 0:
+                raise InputError(f"must be >= 0, got {getattr(self, name)}", field=name)
         if any(a <= 0 or a % 2 for a in ax):
-            raise InputError(f"every entry must be even and positive (RoPE rotates channel pairs), got {list(ax)}", field="axes_dims_rope")
+            raise InputError(
+                f"every entry must be even and positive (RoPE rotates channel pairs), got {list(ax)}",
+                field="axes_dims_rope",
+            )
         if sum(ax) != self.attention_head_dim:
-            raise InputError(f"sum(axes_dims_rope) = {sum(ax)} must equal attention_head_dim = {self.attention_head_dim}",
-                             field="axes_dims_rope")
+            raise InputError(
+                f"sum(axes_dims_rope) = {sum(ax)} must equal attention_head_dim = {self.attention_head_dim}",
+                field="axes_dims_rope",
+            )
         if self.pooled_projection_dim != self.inner_dim:
-            raise InputError(f"must equal num_attention_heads * attention_head_dim = {self.inner_dim} (the time/text embedder "
-                             f"is fed the D-wide cond_embed output), got {self.pooled_projection_dim}", field="pooled_projection_dim")
+            raise InputError(
+                f"must equal num_attention_heads * attention_head_dim = {self.inner_dim} (the time/text embedder "
+                f"is fed the D-wide cond_embed output), got {self.pooled_projection_dim}",
+                field="pooled_projection_dim",
+            )
         if self.vocab_size <= self.codebook_size:
-            raise InputError(f"vocab_size ({self.vocab_size}) must exceed codebook_size ({self.codebook_size}) to leave room "
-                             "for the mask id vocab_size - 1", field="vocab_size")
+            raise InputError(
+                f"vocab_size ({self.vocab_size}) must exceed codebook_size ({self.codebook_size}) to leave room "
+                "for the mask id vocab_size - 1",
+                field="vocab_size",
+            )
         if self.downsample != self.upsample:
-            raise InputError(f"downsample ({self.downsample}) and upsample ({self.upsample}) must agree, or the output grid "
-                             "would not match the input grid", field="upsample")
+            raise InputError(
+                f"downsample ({self.downsample}) and upsample ({self.upsample}) must agree, or the output grid "
+                "would not match the input grid",
+                field="upsample",
+            )
         if self.guidance_embeds:
-            raise InputError("guidance_embeds=true is not supported (the released Meissonic config has false)",
-                             field="guidance_embeds")
+            raise InputError(
+                "guidance_embeds=true is not supported (the released Meissonic config has false)",
+                field="guidance_embeds",
+            )
 
     @property
     def inner_dim(self) -> int:
@@ -121,46 +208,62 @@ class MeissonicConfig:
     def to_dict(self) -> dict:
         "The `config.json` content: bookkeeping keys first, then the model keys."
         import diffusers
+
         d = {"_class_name": "Transformer2DModel", "_diffusers_version": diffusers.__version__, **asdict(self)}
         d["axes_dims_rope"] = list(self.axes_dims_rope)
         return d
 
-    def to_json(self,
-                path: str | os.PathLike | None = None,  # if given, write the JSON there atomically
-               ) -> str:
+    def to_json(
+        self,
+        path: str | os.PathLike | None = None,  # if given, write the JSON there atomically
+    ) -> str:
         "The config as `config.json` text; also written (atomically) to `path` when given."
         text = json.dumps(self.to_dict(), indent=2) + "\n"
-        if path is not None: write_json_atomic(path, self.to_dict())
+        if path is not None:
+            write_json_atomic(path, self.to_dict())
         return text
 
     @classmethod
-    def from_dict(cls,
-                  d: dict,  # parsed `config.json` content
-                  source: str | os.PathLike | None = None,  # file it came from (named in errors)
-                  text: str | None = None,  # raw file text, used to find the line of a bad key
-                 ) -> MeissonicConfig:
+    def from_dict(
+        cls,
+        d: dict,  # parsed `config.json` content
+        source: str | os.PathLike | None = None,  # file it came from (named in errors)
+        text: str | None = None,  # raw file text, used to find the line of a bad key
+    ) -> MeissonicConfig:
         "Build a config from a `config.json` dict: unknown or missing keys and broken rules raise `InputError`."
+
         def line(key):
-            if text is None or key is None: return None
+            if text is None or key is None:
+                return None
             return next((i for i, l in enumerate(text.splitlines(), 1) if f'"{key}"' in l), None)
-        if not isinstance(d, dict): raise InputError(f"expected a JSON object, got {type(d).__name__}", file=source)
+
+        if not isinstance(d, dict):
+            raise InputError(f"expected a JSON object, got {type(d).__name__}", file=source)
         names = [f.name for f in fields(cls)]
         unknown = [k for k in d if k not in names and k not in _BOOKKEEPING_KEYS]
         if unknown:
-            raise InputError(f"unknown config key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(names)}",
-                             file=source, line=line(unknown[0]), field=unknown[0])
+            raise InputError(
+                f"unknown config key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(names)}",
+                file=source,
+                line=line(unknown[0]),
+                field=unknown[0],
+            )
         missing = [k for k in names if k not in d]
         if missing:
             raise InputError(f"missing config key(s) {', '.join(map(repr, missing))}", file=source, field=missing[0])
-        try: return cls(**{k: d[k] for k in names})
-        except InputError as e: raise InputError(e.msg, file=source, line=line(e.field), field=e.field) from None
+        try:
+            return cls(**{k: d[k] for k in names})
+        except InputError as e:
+            raise InputError(e.msg, file=source, line=line(e.field), field=e.field) from None
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> MeissonicConfig:  # a `transformer/config.json`
         "Read and validate a `transformer/config.json`."
         text = Path(path).read_text()
-        try: d = json.loads(text)
-        except json.JSONDecodeError as e: raise InputError(f"not valid JSON: {e.msg}", file=path, line=e.lineno) from None
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"not valid JSON: {e.msg}", file=path, line=e.lineno) from None
         return cls.from_dict(d, source=path, text=text)
 
     @classmethod
@@ -171,23 +274,41 @@ class MeissonicConfig:
     @classmethod
     def tiny(cls) -> MeissonicConfig:
         "The tiny config of the reference manifest and golden test: D = 32, 2 + 1 blocks, 163,584 parameters."
-        return cls(attention_head_dim=16, num_attention_heads=2, num_layers=2, num_single_layers=1, joint_attention_dim=24,
-                   pooled_projection_dim=32, axes_dims_rope=(4, 6, 6), vocab_size=72, codebook_size=64, downsample=True,
-                   upsample=True, in_channels=64, patch_size=1, guidance_embeds=False)
+        return cls(
+            attention_head_dim=16,
+            num_attention_heads=2,
+            num_layers=2,
+            num_single_layers=1,
+            joint_attention_dim=24,
+            pooled_projection_dim=32,
+            axes_dims_rope=(4, 6, 6),
+            vocab_size=72,
+            codebook_size=64,
+            downsample=True,
+            upsample=True,
+            in_channels=64,
+            patch_size=1,
+            guidance_embeds=False,
+        )
 
 # %% ../../nbs/models/00_transformer.ipynb #dba1e7e6
-def rope_ids(text_len: int,  # number of text tokens (77 for CLIP)
-             height: int,  # rows of the (post-downsample) image token grid
-             width: int,  # columns of that grid
-             device=None) -> torch.Tensor:
+def rope_ids(
+    text_len: int,  # number of text tokens (77 for CLIP)
+    height: int,  # rows of the (post-downsample) image token grid
+    width: int,  # columns of that grid
+    device=None,
+) -> torch.Tensor:
     "Position ids [text_len + height*width, 3]: zeros for the text tokens, then (0, row, col) row-major."
     rows, cols = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
     img = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3)
     return torch.cat([torch.zeros(text_len, 3, dtype=img.dtype, device=device), img]).float()
 
-def rope_tables(ids: torch.Tensor,  # position ids [S, n_axes]
-                axes_dims: tuple[int, ...],  # channels per axis, each even; sum = head dim
-                theta: float = ROPE_THETA) -> tuple[torch.Tensor, torch.Tensor]:
+
+def rope_tables(
+    ids: torch.Tensor,  # position ids [S, n_axes]
+    axes_dims: tuple[int, ...],  # channels per axis, each even; sum = head dim
+    theta: float = ROPE_THETA,
+) -> tuple[torch.Tensor, torch.Tensor]:
     "Interleaved cos and sin tables [S, sum(axes_dims)] in float32 (angles in float64)."
     work = "cpu" if ids.device.type == "mps" else ids.device  # no float64 on MPS
     pos = ids.to(device=work, dtype=torch.float64)
@@ -195,12 +316,16 @@ def rope_tables(ids: torch.Tensor,  # position ids [S, n_axes]
     for i, dim in enumerate(axes_dims):
         omega = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device=work) / dim)
         ang = torch.outer(pos[:, i], omega)
-        cos.append(ang.cos().repeat_interleave(2, dim=1)); sin.append(ang.sin().repeat_interleave(2, dim=1))
+        cos.append(ang.cos().repeat_interleave(2, dim=1))
+        sin.append(ang.sin().repeat_interleave(2, dim=1))
     return torch.cat(cos, 1).float().to(ids.device), torch.cat(sin, 1).float().to(ids.device)
 
-def apply_rope(x: torch.Tensor,  # queries or keys [B, heads, S, head_dim]
-               cos: torch.Tensor,  # [S, head_dim] from `rope_tables`
-               sin: torch.Tensor) -> torch.Tensor:
+
+def apply_rope(
+    x: torch.Tensor,  # queries or keys [B, heads, S, head_dim]
+    cos: torch.Tensor,  # [S, head_dim] from `rope_tables`
+    sin: torch.Tensor,
+) -> torch.Tensor:
     "Rotate adjacent channel pairs: y[2j] = x[2j]cos - x[2j+1]sin, y[2j+1] = x[2j+1]cos + x[2j]sin (float32 math)."
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
     rotated = torch.stack([-x2, x1], dim=-1).flatten(-2)
@@ -229,22 +354,39 @@ class MaskedImageModel(Protocol):
     the caller's business: batch the unconditional and conditional inputs and combine the logits.
     In eval mode the call is deterministic (no dropout).
     """
+
     codebook_size: int  # number of VQ codes = logit channels
     mask_token_id: int  # id marking unknown positions in `tokens` (vocab_size - 1 = 8255 for Meissonic)
     micro_cond_dim: int  # number of micro-conditioning scalars per sample (5 for Meissonic)
 
-    def __call__(self, tokens: torch.Tensor, text_hidden: torch.Tensor, pooled: torch.Tensor,
-                 timestep: torch.Tensor, micro_conds: torch.Tensor) -> torch.Tensor: ...
+    def __call__(
+        self,
+        tokens: torch.Tensor,
+        text_hidden: torch.Tensor,
+        pooled: torch.Tensor,
+        timestep: torch.Tensor,
+        micro_conds: torch.Tensor,
+    ) -> torch.Tensor: ...
 
 
-def check_model_inputs(tokens, text_hidden, pooled, micro_conds,  # the MaskedImageModel call's inputs
-                       text_dim: int, pooled_dim: int, micro_dim: int,  # widths the model expects
-                       even_grid: bool = False):  # the model merges 2x2 tokens (needs an even grid)
+def check_model_inputs(
+    tokens,
+    text_hidden,
+    pooled,
+    micro_conds,  # the MaskedImageModel call's inputs
+    text_dim: int,
+    pooled_dim: int,
+    micro_dim: int,  # widths the model expects
+    even_grid: bool = False,
+):  # the model merges 2x2 tokens (needs an even grid)
     "Raise a `ValueError` naming the argument unless the inputs fit the `MaskedImageModel` call contract."
     if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3 or tokens.dtype.is_floating_point:
-        raise ValueError(f"tokens must be integer ids [B, H, W], got {tuple(getattr(tokens, 'shape', ()))} {getattr(tokens, 'dtype', type(tokens).__name__)}")
+        raise ValueError(
+            f"tokens must be integer ids [B, H, W], got {tuple(getattr(tokens, 'shape', ()))} {getattr(tokens, 'dtype', type(tokens).__name__)}"
+        )
     B, H, W = tokens.shape
-    if even_grid and (H % 2 or W % 2): raise ValueError(f"the token grid must be even with downsample=True, got {H}x{W}")
+    if even_grid and (H % 2 or W % 2):
+        raise ValueError(f"the token grid must be even with downsample=True, got {H}x{W}")
     if text_hidden.ndim != 3 or text_hidden.shape[0] != B or text_hidden.shape[2] != text_dim:
         raise ValueError(f"text_hidden must be [B={B}, L, {text_dim}], got {tuple(text_hidden.shape)}")
     if tuple(pooled.shape) != (B, pooled_dim):
@@ -255,11 +397,14 @@ def check_model_inputs(tokens, text_hidden, pooled, micro_conds,  # the MaskedIm
 # %% ../../nbs/models/00_transformer.ipynb #4fbf0198
 class MeissonicAttention(nn.Module):
     "Multi-head attention with RMS-normed q/k and RoPE; `joint=True` adds a text stream attended jointly (text first)."
-    def __init__(self,
-                 dim: int,  # token width D
-                 heads: int,  # number of heads
-                 head_dim: int,  # width per head
-                 joint: bool):  # dual-stream (own projections and output linears per stream) or single-stream (no out-proj)
+
+    def __init__(
+        self,
+        dim: int,  # token width D
+        heads: int,  # number of heads
+        head_dim: int,  # width per head
+        joint: bool,
+    ):  # dual-stream (own projections and output linears per stream) or single-stream (no out-proj)
         super().__init__()
         self.heads, self.head_dim, self.joint = heads, head_dim, joint
         inner = heads * head_dim
@@ -275,20 +420,24 @@ class MeissonicAttention(nn.Module):
         split = lambda t: t.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)  # [B,S,inner] -> [B,h,S,hd]
         return q_norm(split(q_proj(x))), k_norm(split(k_proj(x))), split(v_proj(x))
 
-    def forward(self,
-                x: torch.Tensor,  # [B, S, D]: image tokens (joint) or the whole [text; image] sequence (single)
-                rope: tuple[torch.Tensor, torch.Tensor],  # (cos, sin) for the full attended sequence
-                context: torch.Tensor | None = None):  # [B, L, D] text tokens (joint blocks only)
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, S, D]: image tokens (joint) or the whole [text; image] sequence (single)
+        rope: tuple[torch.Tensor, torch.Tensor],  # (cos, sin) for the full attended sequence
+        context: torch.Tensor | None = None,
+    ):  # [B, L, D] text tokens (joint blocks only)
         "Image output [B,S,D] and text output [B,L,D] (joint), or the merged heads [B,S,D] (single)."
         q, k, v = self._qkv(x, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
         if self.joint:
-            cq, ck, cv = self._qkv(context, self.add_q_proj, self.add_k_proj, self.add_v_proj,
-                                   self.norm_added_q, self.norm_added_k)
+            cq, ck, cv = self._qkv(
+                context, self.add_q_proj, self.add_k_proj, self.add_v_proj, self.norm_added_q, self.norm_added_k
+            )
             q, k, v = torch.cat([cq, q], 2), torch.cat([ck, k], 2), torch.cat([cv, v], 2)
         cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2).to(q.dtype)
-        if not self.joint: return out
+        if not self.joint:
+            return out
         L = context.shape[1]
         return self.to_out[1](self.to_out[0](out[:, L:])), self.to_add_out(out[:, :L])
 
@@ -296,8 +445,10 @@ class MeissonicAttention(nn.Module):
 def _clamp_fp16(x: torch.Tensor) -> torch.Tensor:
     return x.clip(-65504, 65504) if x.dtype == torch.float16 else x
 
+
 class DualStreamBlock(nn.Module):
     "MMDiT block: image and text streams, each with its own adaLN, projections and FFN, attending jointly."
+
     def __init__(self, dim: int, heads: int, head_dim: int):  # token width D; number of heads; width per head
         super().__init__()
         self.norm1, self.norm1_context = AdaLayerNormZero(dim), AdaLayerNormZero(dim)
@@ -307,11 +458,13 @@ class DualStreamBlock(nn.Module):
         self.norm2_context = nn.LayerNorm(dim, elementwise_affine=False, eps=NORM_EPS)
         self.ff_context = FeedForward(dim=dim, dim_out=dim, activation_fn="gelu-approximate")
 
-    def forward(self,
-                x: torch.Tensor,  # image tokens [B, S, D]
-                c: torch.Tensor,  # text tokens [B, L, D]
-                temb: torch.Tensor,  # conditioning vector [B, D] (or [1, D])
-                rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,  # image tokens [B, S, D]
+        c: torch.Tensor,  # text tokens [B, L, D]
+        temb: torch.Tensor,  # conditioning vector [B, D] (or [1, D])
+        rope: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         "Updated (image, text) streams."
         xn, gate_a, shift_f, scale_f, gate_f = self.norm1(x, emb=temb)
         cn, c_gate_a, c_shift_f, c_scale_f, c_gate_f = self.norm1_context(c, emb=temb)
@@ -319,12 +472,18 @@ class DualStreamBlock(nn.Module):
         x = x + gate_a.unsqueeze(1) * ax
         x = x + gate_f.unsqueeze(1) * self.ff(self.norm2(x) * (1 + scale_f[:, None]) + shift_f[:, None])
         c = c + c_gate_a.unsqueeze(1) * ac
-        c = c + c_gate_f.unsqueeze(1) * self.ff_context(self.norm2_context(c) * (1 + c_scale_f[:, None]) + c_shift_f[:, None])
+        c = c + c_gate_f.unsqueeze(1) * self.ff_context(
+            self.norm2_context(c) * (1 + c_scale_f[:, None]) + c_shift_f[:, None]
+        )
         return x, _clamp_fp16(c)
+
 
 class SingleStreamBlock(nn.Module):
     "Flux single-stream block on [text; image]: parallel attention and MLP, concatenated, one output projection."
-    def __init__(self, dim: int, heads: int, head_dim: int, mlp_ratio: int = 4):  # D; heads; width per head; MLP width / D
+
+    def __init__(
+        self, dim: int, heads: int, head_dim: int, mlp_ratio: int = 4
+    ):  # D; heads; width per head; MLP width / D
         super().__init__()
         self.norm = AdaLayerNormZeroSingle(dim)
         self.proj_mlp = nn.Linear(dim, mlp_ratio * dim)
@@ -332,10 +491,12 @@ class SingleStreamBlock(nn.Module):
         self.proj_out = nn.Linear(heads * head_dim + mlp_ratio * dim, dim)
         self.attn = MeissonicAttention(dim, heads, head_dim, joint=False)
 
-    def forward(self,
-                s: torch.Tensor,  # joint sequence [B, L + S, D], text first
-                temb: torch.Tensor,  # conditioning vector [B, D] (or [1, D])
-                rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self,
+        s: torch.Tensor,  # joint sequence [B, L + S, D], text first
+        temb: torch.Tensor,  # conditioning vector [B, D] (or [1, D])
+        rope: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
         "The updated joint sequence."
         sn, gate = self.norm(s, emb=temb)
         h = torch.cat([self.attn(sn, rope), self.act_mlp(self.proj_mlp(sn))], dim=2)
@@ -344,6 +505,7 @@ class SingleStreamBlock(nn.Module):
 # %% ../../nbs/models/00_transformer.ipynb #687b5293
 class ConvEmbed(nn.Module):
     "Token ids [B,H,W] -> embedding -> RMSNorm -> 1x1 conv -> [B,D,H,W]."
+
     def __init__(self, vocab_size: int, dim: int):  # rows of the embedding; width D
         super().__init__()
         self.embeddings = nn.Embedding(vocab_size, dim)
@@ -353,8 +515,10 @@ class ConvEmbed(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # int64 [B, H, W]
         return self.conv(self.layer_norm(self.embeddings(tokens)).permute(0, 3, 1, 2))
 
+
 class ConvMlmHead(nn.Module):
     "[B,D,H,W] -> 1x1 conv -> channel RMSNorm -> 1x1 conv -> logits [B,codebook_size,H,W]."
+
     def __init__(self, dim: int, codebook_size: int):  # width D; number of output codes
         super().__init__()
         self.conv1 = nn.Conv2d(dim, dim, kernel_size=1, bias=False)
@@ -365,43 +529,78 @@ class ConvMlmHead(nn.Module):
         x = self.layer_norm(self.conv1(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return self.conv2(x)
 
+
 class DownBlock(nn.Module):
     "Channel RMSNorm, zero-pad right/bottom, 2x2 stride-2 conv without bias (a 2x2 patch merge for even grids)."
+
     def __init__(self, dim: int):  # width D
         super().__init__()
-        self.downsample = Downsample2D(dim, use_conv=True, padding=0, name="Conv2d_0", kernel_size=2,
-                                       norm_type="rms_norm", eps=NORM_EPS, elementwise_affine=True, bias=False)
-    def forward(self, x: torch.Tensor) -> torch.Tensor: return self.downsample(x)
+        self.downsample = Downsample2D(
+            dim,
+            use_conv=True,
+            padding=0,
+            name="Conv2d_0",
+            kernel_size=2,
+            norm_type="rms_norm",
+            eps=NORM_EPS,
+            elementwise_affine=True,
+            bias=False,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.downsample(x)
+
 
 class UpBlock(nn.Module):
     "Channel RMSNorm, then a 2x2 stride-2 transposed conv without bias."
+
     def __init__(self, dim: int):  # width D
         super().__init__()
-        self.upsample = Upsample2D(dim, use_conv_transpose=True, kernel_size=2, padding=0, name="conv",
-                                   norm_type="rms_norm", eps=NORM_EPS, elementwise_affine=True, bias=False, interpolate=False)
-    def forward(self, x: torch.Tensor) -> torch.Tensor: return self.upsample(x)
+        self.upsample = Upsample2D(
+            dim,
+            use_conv_transpose=True,
+            kernel_size=2,
+            padding=0,
+            name="conv",
+            norm_type="rms_norm",
+            eps=NORM_EPS,
+            elementwise_affine=True,
+            bias=False,
+            interpolate=False,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.upsample(x)
 
 # %% ../../nbs/models/00_transformer.ipynb #e474de2f
 class MeissonicTransformer(nn.Module):
     "Meissonic's masked-token transformer (any size from `MeissonicConfig`); implements `MaskedImageModel`."
+
     micro_cond_dim = MICRO_CONDS
 
-    def __init__(self,
-                 config: MeissonicConfig,  # sizes; `MeissonicConfig.meissonic()` for the released model
-                 gradient_checkpointing: bool = False):  # recompute each block in backward (training mode only)
+    def __init__(
+        self,
+        config: MeissonicConfig,  # sizes; `MeissonicConfig.meissonic()` for the released model
+        gradient_checkpointing: bool = False,
+    ):  # recompute each block in backward (training mode only)
         super().__init__()
         self.config, self.gradient_checkpointing = config, gradient_checkpointing
         self.codebook_size, self.mask_token_id = config.codebook_size, config.mask_token_id
         D, heads, hd = config.inner_dim, config.num_attention_heads, config.attention_head_dim
         # registration order = the reference's, so state_dict() lists keys in the checkpoint's order
-        self.time_text_embed = CombinedTimestepTextProjEmbeddings(embedding_dim=D, pooled_projection_dim=config.pooled_projection_dim)
+        self.time_text_embed = CombinedTimestepTextProjEmbeddings(
+            embedding_dim=D, pooled_projection_dim=config.pooled_projection_dim
+        )
         self.context_embedder = nn.Linear(config.joint_attention_dim, D)
         self.transformer_blocks = nn.ModuleList([DualStreamBlock(D, heads, hd) for _ in range(config.num_layers)])
-        self.single_transformer_blocks = nn.ModuleList([SingleStreamBlock(D, heads, hd) for _ in range(config.num_single_layers)])
+        self.single_transformer_blocks = nn.ModuleList(
+            [SingleStreamBlock(D, heads, hd) for _ in range(config.num_single_layers)]
+        )
         self.embed = ConvEmbed(config.vocab_size, D)
         self.mlm_layer = ConvMlmHead(D, config.codebook_size)
-        self.cond_embed = TimestepEmbedding(config.pooled_projection_dim + MICRO_CONDS * MICRO_COND_ENCODE_DIM, D,
-                                            act_fn="silu", sample_proj_bias=False)
+        self.cond_embed = TimestepEmbedding(
+            config.pooled_projection_dim + MICRO_CONDS * MICRO_COND_ENCODE_DIM, D, act_fn="silu", sample_proj_bias=False
+        )
         self.encoder_proj_layer_norm = RMSNorm(D, eps=NORM_EPS)
         self.project_to_hidden_norm = RMSNorm(D, eps=NORM_EPS)
         self.project_to_hidden = nn.Linear(D, D, bias=False)
@@ -411,33 +610,47 @@ class MeissonicTransformer(nn.Module):
         self.up_block = UpBlock(D) if config.upsample else nn.Identity()
 
     @property
-    def dtype(self) -> torch.dtype: return self.embed.embeddings.weight.dtype
+    def dtype(self) -> torch.dtype:
+        return self.embed.embeddings.weight.dtype
+
     @property
-    def device(self) -> torch.device: return self.embed.embeddings.weight.device
+    def device(self) -> torch.device:
+        return self.embed.embeddings.weight.device
 
     def _check(self, tokens, text_hidden, pooled, micro_conds):
         c = self.config
-        check_model_inputs(tokens, text_hidden, pooled, micro_conds, c.joint_attention_dim, c.pooled_projection_dim, MICRO_CONDS, c.downsample)
+        check_model_inputs(
+            tokens,
+            text_hidden,
+            pooled,
+            micro_conds,
+            c.joint_attention_dim,
+            c.pooled_projection_dim,
+            MICRO_CONDS,
+            c.downsample,
+        )
 
     def _run(self, block, *args):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(block, *args, use_reentrant=False)
         return block(*args)
 
-    def forward(self,
-                tokens: torch.Tensor,  # int64 [B, H, W]: code ids, `mask_token_id` where unknown
-                text_hidden: torch.Tensor,  # [B, L, joint_attention_dim] text encoder states
-                pooled: torch.Tensor,  # [B, pooled_projection_dim] pooled text vector
-                timestep: torch.Tensor | int | float,  # step index, shape [], [1] or [B]; multiplied by 1000 inside
-                micro_conds: torch.Tensor,  # [B, 5]: width, height, crop top, crop left, aesthetic score
-               ) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,  # int64 [B, H, W]: code ids, `mask_token_id` where unknown
+        text_hidden: torch.Tensor,  # [B, L, joint_attention_dim] text encoder states
+        pooled: torch.Tensor,  # [B, pooled_projection_dim] pooled text vector
+        timestep: torch.Tensor | int | float,  # step index, shape [], [1] or [B]; multiplied by 1000 inside
+        micro_conds: torch.Tensor,  # [B, 5]: width, height, crop top, crop left, aesthetic score
+    ) -> torch.Tensor:
         "Logits [B, codebook_size, H, W] in the model's dtype."
         self._check(tokens, text_hidden, pooled, micro_conds)
         B, dtype = tokens.shape[0], self.dtype
         text_hidden = text_hidden.to(dtype)
         # pooled conditioning (§4 steps 1-2): [pooled, 5 x 256 sinusoids] -> cond_embed
-        micro = get_timestep_embedding(micro_conds.flatten(), MICRO_COND_ENCODE_DIM, flip_sin_to_cos=True,
-                                       downscale_freq_shift=0).reshape(B, -1)
+        micro = get_timestep_embedding(
+            micro_conds.flatten(), MICRO_COND_ENCODE_DIM, flip_sin_to_cos=True, downscale_freq_shift=0
+        ).reshape(B, -1)
         cond = self.cond_embed(torch.cat([pooled, micro], dim=1).to(dtype)).to(text_hidden.dtype)
         # streams in (steps 3-6)
         c = self.encoder_proj_layer_norm(self.context_embedder(text_hidden))
@@ -453,116 +666,178 @@ class MeissonicTransformer(nn.Module):
         # RoPE for [text; image] (step 8) and the blocks (steps 9-10)
         L = c.shape[1]
         rope = rope_tables(rope_ids(L, h, w, device=x.device), self.config.axes_dims_rope)
-        for block in self.transformer_blocks: x, c = self._run(block, x, c, temb, rope)
+        for block in self.transformer_blocks:
+            x, c = self._run(block, x, c, temb, rope)
         s = torch.cat([c, x], dim=1)
-        for block in self.single_transformer_blocks: s = self._run(block, s, temb, rope)
+        for block in self.single_transformer_blocks:
+            s = self._run(block, s, temb, rope)
         # back to a grid and the head (steps 11-13)
         x = self.project_from_hidden(self.project_from_hidden_norm(s[:, L:]))
         x = self.up_block(x.reshape(B, h, w, D).permute(0, 3, 1, 2))
         return self.mlm_layer(x)
 
 # %% ../../nbs/models/00_transformer.ipynb #ffa9b939
-def state_dict_mismatch(expected: dict,  # key -> shape the model needs
-                        found: dict,  # key -> shape the checkpoint has
-                        limit: int = 20) -> str | None:  # list at most this many keys per kind
+def state_dict_mismatch(
+    expected: dict,  # key -> shape the model needs
+    found: dict,  # key -> shape the checkpoint has
+    limit: int = 20,
+) -> str | None:  # list at most this many keys per kind
     "None if keys and shapes agree, else a readable report of missing keys, unexpected keys and shape mismatches."
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    shapes = [f"{k}: model {list(expected[k])}, checkpoint {list(found[k])}"
-              for k in expected if k in found and tuple(expected[k]) != tuple(found[k])]
-    if not (missing or unexpected or shapes): return None
+    shapes = [
+        f"{k}: model {list(expected[k])}, checkpoint {list(found[k])}"
+        for k in expected
+        if k in found and tuple(expected[k]) != tuple(found[k])
+    ]
+    if not (missing or unexpected or shapes):
+        return None
     lines = [f"{len(missing)} missing key(s), {len(unexpected)} unexpected key(s), {len(shapes)} shape mismatch(es)"]
-    for title, items in (("missing (in the model, not in the checkpoint)", missing),
-                         ("unexpected (in the checkpoint, not in the model)", unexpected), ("shape mismatches", shapes)):
-        if not items: continue
+    for title, items in (
+        ("missing (in the model, not in the checkpoint)", missing),
+        ("unexpected (in the checkpoint, not in the model)", unexpected),
+        ("shape mismatches", shapes),
+    ):
+        if not items:
+            continue
         lines.append(f"{title}:")
         lines += [f"  {s}" for s in items[:limit]]
-        if len(items) > limit: lines.append(f"  ... and {len(items) - limit} more")
+        if len(items) > limit:
+            lines.append(f"  ... and {len(items) - limit} more")
     return "\n".join(lines)
+
 
 def state_dict_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:  # any module (the meta device is fine)
     "Key -> shape of `model.state_dict()`, in registration order."
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 # %% ../../nbs/models/00_transformer.ipynb #af59ee8a
-INTERMEDIATES = ("cond_embed_out", "temb", "text_tokens_in", "image_tokens_in", "last_dual_text_out",
-                 "last_dual_image_out", "last_single_out", "up_block_out")
+INTERMEDIATES = (
+    "cond_embed_out",
+    "temb",
+    "text_tokens_in",
+    "image_tokens_in",
+    "last_dual_text_out",
+    "last_dual_image_out",
+    "last_single_out",
+    "up_block_out",
+)
+
 
 @contextlib.contextmanager
 def capture_intermediates(model: MeissonicTransformer):  # the model to watch
     "Yield a dict that fills with the `INTERMEDIATES` activations of each forward pass inside the block (forward hooks)."
     acts = {}
+
     def put(*names):
         def hook(module, args, out):
             outs = out if isinstance(out, tuple) else (out,)
-            for n, o in zip(names, outs): acts[n] = o.detach()
+            for n, o in zip(names, outs):
+                acts[n] = o.detach()
+
         return hook
-    watch = [(model.cond_embed, ("cond_embed_out",)), (model.time_text_embed, ("temb",)),
-             (model.encoder_proj_layer_norm, ("text_tokens_in",)), (model.project_to_hidden, ("image_tokens_in",)),
-             (model.up_block, ("up_block_out",))]
-    if len(model.transformer_blocks): watch.append((model.transformer_blocks[-1], ("last_dual_image_out", "last_dual_text_out")))
-    if len(model.single_transformer_blocks): watch.append((model.single_transformer_blocks[-1], ("last_single_out",)))
+
+    watch = [
+        (model.cond_embed, ("cond_embed_out",)),
+        (model.time_text_embed, ("temb",)),
+        (model.encoder_proj_layer_norm, ("text_tokens_in",)),
+        (model.project_to_hidden, ("image_tokens_in",)),
+        (model.up_block, ("up_block_out",)),
+    ]
+    if len(model.transformer_blocks):
+        watch.append((model.transformer_blocks[-1], ("last_dual_image_out", "last_dual_text_out")))
+    if len(model.single_transformer_blocks):
+        watch.append((model.single_transformer_blocks[-1], ("last_single_out",)))
     handles = [m.register_forward_hook(put(*names)) for m, names in watch]
-    try: yield acts
+    try:
+        yield acts
     finally:
-        for h in handles: h.remove()
+        for h in handles:
+            h.remove()
 
 # %% ../../nbs/models/00_transformer.ipynb #2785be81
 TRANSFORMER_DIR, CONFIG_NAME, WEIGHTS_NAME = "transformer", "config.json", "diffusion_pytorch_model.safetensors"
-SCHEDULER_CONFIG = Path("scheduler")/"scheduler_config.json"
+SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
 
-def _weights_file(tdir: Path, variant: str | None) -> Path: return safetensors_file(tdir, WEIGHTS_NAME, variant)
+
+def _weights_file(tdir: Path, variant: str | None) -> Path:
+    return safetensors_file(tdir, WEIGHTS_NAME, variant)
+
 
 def _read_mask_token_id(folder: Path, config: MeissonicConfig) -> int:
-    path = folder/SCHEDULER_CONFIG
-    if not path.is_file(): return config.mask_token_id
-    try: sched = json.loads(path.read_text())
-    except json.JSONDecodeError as e: raise InputError(f"not valid JSON: {e.msg}", file=path, line=e.lineno) from None
+    path = folder / SCHEDULER_CONFIG
+    if not path.is_file():
+        return config.mask_token_id
+    try:
+        sched = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON: {e.msg}", file=path, line=e.lineno) from None
     mid = sched.get("mask_token_id", config.mask_token_id) if isinstance(sched, dict) else None
     if isinstance(mid, bool) or not isinstance(mid, int) or not config.codebook_size <= mid < config.vocab_size:
-        raise InputError(f"mask_token_id must be an integer in [codebook_size={config.codebook_size}, "
-                         f"vocab_size={config.vocab_size}), got {mid!r}", file=path, field="mask_token_id")
+        raise InputError(
+            f"mask_token_id must be an integer in [codebook_size={config.codebook_size}, "
+            f"vocab_size={config.vocab_size}), got {mid!r}",
+            file=path,
+            field="mask_token_id",
+        )
     return mid
 
-def load_meissonic(folder: str | os.PathLike,  # checkpoint folder in the released layout (holds transformer/)
-                   device: str | torch.device = "cpu",  # where the weights are loaded
-                   dtype: torch.dtype | None = None,  # cast the weights to this dtype (default: as stored)
-                   variant: str | None = None,  # e.g. "fp16" for diffusion_pytorch_model.fp16.safetensors
-                  ) -> MeissonicTransformer:
+
+def load_meissonic(
+    folder: str | os.PathLike,  # checkpoint folder in the released layout (holds transformer/)
+    device: str | torch.device = "cpu",  # where the weights are loaded
+    dtype: torch.dtype | None = None,  # cast the weights to this dtype (default: as stored)
+    variant: str | None = None,  # e.g. "fp16" for diffusion_pytorch_model.fp16.safetensors
+) -> MeissonicTransformer:
     "Load the transformer of a local Meissonic checkpoint folder (safetensors only), in eval mode."
     from safetensors import safe_open
     from safetensors.torch import load_file
+
     folder = Path(folder)
-    tdir = folder/TRANSFORMER_DIR
-    if not (tdir/CONFIG_NAME).is_file():
+    tdir = folder / TRANSFORMER_DIR
+    if not (tdir / CONFIG_NAME).is_file():
         raise InputError(f"not a Meissonic checkpoint folder: {TRANSFORMER_DIR}/{CONFIG_NAME} not found", file=folder)
-    config = MeissonicConfig.from_json(tdir/CONFIG_NAME)
+    config = MeissonicConfig.from_json(tdir / CONFIG_NAME)
     wfile = _weights_file(tdir, variant)
-    with torch.device("meta"): model = MeissonicTransformer(config)
+    with torch.device("meta"):
+        model = MeissonicTransformer(config)
     try:
-        with safe_open(str(wfile), framework="pt") as f: found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as e: raise InputError(f"cannot read safetensors file: {e}", file=wfile) from None
+        with safe_open(str(wfile), framework="pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:
+        raise InputError(f"cannot read safetensors file: {e}", file=wfile) from None
     problem = state_dict_mismatch(state_dict_shapes(model), found)
-    if problem: raise InputError(f"checkpoint does not match {tdir/CONFIG_NAME}: {problem}", file=wfile)
+    if problem:
+        raise InputError(f"checkpoint does not match {tdir / CONFIG_NAME}: {problem}", file=wfile)
     state = load_file(str(wfile), device=str(device))
-    if dtype is not None: state = {k: v.to(dtype) for k, v in state.items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     model.mask_token_id = _read_mask_token_id(folder, config)
     return model.eval()
 
-def save_meissonic(model: MeissonicTransformer,  # the model to save
-                   folder: str | os.PathLike,  # checkpoint folder; other subfolders (vqvae/, text_encoder/, ...) are left alone
-                  ) -> Path:
+
+def save_meissonic(
+    model: MeissonicTransformer,  # the model to save
+    folder: str | os.PathLike,  # checkpoint folder; other subfolders (vqvae/, text_encoder/, ...) are left alone
+) -> Path:
     "Write `transformer/` (config + safetensors) atomically and record the mask id in `scheduler/scheduler_config.json`."
     from safetensors.torch import save_file
     import diffusers
+
     folder = Path(folder)
-    with atomic_dir(folder/TRANSFORMER_DIR) as tmp:  # the whole transformer/ subfolder is replaced at once
-        model.config.to_json(tmp/CONFIG_NAME)
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}, str(tmp/WEIGHTS_NAME),
-                  metadata={"format": "pt"})
-    spath = folder/SCHEDULER_CONFIG
-    sched = json.loads(spath.read_text()) if spath.is_file() else {
-        "_class_name": "Scheduler", "_diffusers_version": diffusers.__version__, "masking_schedule": "cosine"}
+    with atomic_dir(folder / TRANSFORMER_DIR) as tmp:  # the whole transformer/ subfolder is replaced at once
+        model.config.to_json(tmp / CONFIG_NAME)
+        save_file(
+            {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()},
+            str(tmp / WEIGHTS_NAME),
+            metadata={"format": "pt"},
+        )
+    spath = folder / SCHEDULER_CONFIG
+    sched = (
+        json.loads(spath.read_text())
+        if spath.is_file()
+        else {"_class_name": "Scheduler", "_diffusers_version": diffusers.__version__, "masking_schedule": "cosine"}
+    )
     write_json_atomic(spath, {**sched, "mask_token_id": int(model.mask_token_id)})
     return folder

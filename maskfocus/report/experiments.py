@@ -23,21 +23,26 @@ __all__ = ['PAPER', 'TINY', 'TINY_VARIANTS', 'resolve', 'repo_relative', 'output
            'plot_bars', 'save_figure', 'tiny_runs', 'experiment_inputs']
 
 # %% ../../nbs/report/00_experiments.ipynb #c1899aec
-def resolve(path: str | os.PathLike,  # absolute, or relative to the repository root
-            ) -> Path:
+def resolve(
+    path: str | os.PathLike,  # absolute, or relative to the repository root
+) -> Path:
     "An absolute path: relative paths are taken from the repository root (else the working directory)."
     p = Path(path)
-    return p if p.is_absolute() else (repo_root() or Path.cwd())/p
+    return p if p.is_absolute() else (repo_root() or Path.cwd()) / p
+
 
 def repo_relative(path: str | os.PathLike | None) -> str | None:  # a path (None passes through)
     "The path relative to the repository root when it lies inside it (so written files name no machine), else as is."
-    if path is None: return None
+    if path is None:
+        return None
     p, root = Path(path).resolve(), repo_root()
     return str(p.relative_to(root)) if root is not None and root in p.parents else str(p)
 
-def output_dir(out_dir: str | os.PathLike,  # where the notebook writes; "" = a fresh temporary folder
-               name: str = "experiment",  # prefix of the temporary folder
-               ) -> Path:
+
+def output_dir(
+    out_dir: str | os.PathLike,  # where the notebook writes; "" = a fresh temporary folder
+    name: str = "experiment",  # prefix of the temporary folder
+) -> Path:
     "The output folder (created); an empty string gives a temporary folder, never one inside the repository."
     d = Path(tempfile.mkdtemp(prefix=f"maskfocus-{name}-")) if not str(out_dir) else resolve(out_dir)
     d.mkdir(parents=True, exist_ok=True)
@@ -46,91 +51,123 @@ def output_dir(out_dir: str | os.PathLike,  # where the notebook writes; "" = a 
 # %% ../../nbs/report/00_experiments.ipynb #2dd42402
 _KEY = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)$")
 
+
 def run_key(variant: str, seed: int) -> str:  # variant name; seed
     "The folder name of a run: `<variant>-s<seed>`."
     return f"{variant}-s{int(seed)}"
+
 
 def parse_key(key: str) -> tuple[str, int] | None:  # a folder name
     "(variant, seed) of a run folder name, or None if it is not one."
     m = _KEY.match(key)
     return (m["variant"], int(m["seed"])) if m else None
 
-def discover_runs(runs_dir: str | os.PathLike,  # folder holding `<variant>-s<seed>` run folders
-                  variants: Sequence[str] | None = None,  # keep these (all must have a run); None: every variant found
-                  ) -> dict[str, dict[int, Path]]:  # variant -> {seed: folder}, in the order of `variants`
+
+def discover_runs(
+    runs_dir: str | os.PathLike,  # folder holding `<variant>-s<seed>` run folders
+    variants: Sequence[str] | None = None,  # keep these (all must have a run); None: every variant found
+) -> dict[str, dict[int, Path]]:  # variant -> {seed: folder}, in the order of `variants`
     "The run folders under `runs_dir`, grouped by variant and sorted by seed."
     d = resolve(runs_dir)
-    if not d.is_dir(): raise InputError("runs folder not found", file=d)
+    if not d.is_dir():
+        raise InputError("runs folder not found", file=d)
     found: dict[str, dict[int, Path]] = {}
     for p in sorted(d.iterdir()):
         k = parse_key(p.name) if p.is_dir() else None
-        if k: found.setdefault(k[0], {})[k[1]] = p
+        if k:
+            found.setdefault(k[0], {})[k[1]] = p
     found = {v: dict(sorted(s.items())) for v, s in found.items()}
-    if variants is None: return dict(sorted(found.items()))
+    if variants is None:
+        return dict(sorted(found.items()))
     missing = [v for v in variants if v not in found]
-    if missing: raise InputError(f"no runs of {', '.join(missing)} (found: {', '.join(sorted(found)) or 'none'})", file=d)
+    if missing:
+        raise InputError(f"no runs of {', '.join(missing)} (found: {', '.join(sorted(found)) or 'none'})", file=d)
     return {v: found[v] for v in variants}
 
-def read_json(path: str | os.PathLike,  # a JSON file
-              what: str = "JSON file",  # what it is, for the error message
-              ):
+
+def read_json(
+    path: str | os.PathLike,  # a JSON file
+    what: str = "JSON file",  # what it is, for the error message
+):
     "Parse a JSON file; a missing or malformed file is an InputError naming it."
     path = Path(path)
-    if not path.is_file(): raise InputError(f"{what} not found", file=path)
-    try: return json.loads(path.read_text())
-    except json.JSONDecodeError as e: raise InputError(f"malformed JSON in {what} ({e.msg})", file=path, line=e.lineno) from None
+    if not path.is_file():
+        raise InputError(f"{what} not found", file=path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"malformed JSON in {what} ({e.msg})", file=path, line=e.lineno) from None
 
 # %% ../../nbs/report/00_experiments.ipynb #8886e3fa
 def setting_label(steps: int, cfg: float) -> str:  # sampling steps N; CFG weight w
     "The key of an evaluation setting in eval.json, e.g. `N=16,cfg=3`."
     return f"N={int(steps)},cfg={float(cfg):g}"
 
+
 def read_summary(run: str | os.PathLike) -> dict:  # a run folder
     "The run's train_summary.json (config, iterations, budgets, last metrics)."
-    s = read_json(Path(run)/"train_summary.json", "training summary")
+    s = read_json(Path(run) / "train_summary.json", "training summary")
     for k in ("config", "iterations", "budgets"):
-        if k not in s: raise InputError("missing field", file=Path(run)/"train_summary.json", field=k)
+        if k not in s:
+            raise InputError("missing field", file=Path(run) / "train_summary.json", field=k)
     return s
 
-def read_eval(path: str | os.PathLike,  # a run folder or an eval.json file
-              setting: str = "N=16,cfg=3",  # the setting's label in eval.json
-              ) -> dict:
+
+def read_eval(
+    path: str | os.PathLike,  # a run folder or an eval.json file
+    setting: str = "N=16,cfg=3",  # the setting's label in eval.json
+) -> dict:
     "One setting's evaluation summary (overall, tags, score, ...) from eval.json."
     path = Path(path)
-    f = path/"eval.json" if path.is_dir() else path
+    f = path / "eval.json" if path.is_dir() else path
     e = read_json(f, "evaluation file")
     if not isinstance(e, dict) or setting not in e:
-        raise InputError(f"no evaluation at setting {setting!r} (found: {', '.join(e) if isinstance(e, dict) else 'none'})", file=f, field=setting)
+        raise InputError(
+            f"no evaluation at setting {setting!r} (found: {', '.join(e) if isinstance(e, dict) else 'none'})",
+            file=f,
+            field=setting,
+        )
     s = e[setting]
     for k in ("overall", "tags"):
-        if k not in s: raise InputError("missing field", file=f, field=f"{setting}.{k}")
+        if k not in s:
+            raise InputError("missing field", file=f, field=f"{setting}.{k}")
     return s
+
 
 def curve_file(run: str | os.PathLike, metric: str) -> Path:  # a run folder; e.g. "reward/mean"
     "The dvclive TSV of a metric of a run."
-    return Path(run)/"dvclive"/"plots"/"metrics"/f"{metric}.tsv"
+    return Path(run) / "dvclive" / "plots" / "metrics" / f"{metric}.tsv"
+
 
 def list_metrics(run: str | os.PathLike) -> list[str]:  # a run folder
     "The names of every metric curve a run logged."
-    d = Path(run)/"dvclive"/"plots"/"metrics"
+    d = Path(run) / "dvclive" / "plots" / "metrics"
     return sorted(str(p.relative_to(d).with_suffix("")) for p in d.rglob("*.tsv"))
 
-def read_curve(run: str | os.PathLike,  # a run folder (holding dvclive/)
-               metric: str = "reward/mean",  # the metric's name as logged
-               ) -> tuple[np.ndarray, np.ndarray]:  # (steps as ints, values as floats), sorted by step
+
+def read_curve(
+    run: str | os.PathLike,  # a run folder (holding dvclive/)
+    metric: str = "reward/mean",  # the metric's name as logged
+) -> tuple[np.ndarray, np.ndarray]:  # (steps as ints, values as floats), sorted by step
     "One metric of a run as (steps, values), from its dvclive TSV."
     f = curve_file(run, metric)
-    if not f.is_file(): raise InputError(f"no curve of metric {metric!r} (the run has {len(list_metrics(run))} metrics)", file=f)
+    if not f.is_file():
+        raise InputError(f"no curve of metric {metric!r} (the run has {len(list_metrics(run))} metrics)", file=f)
     rows = list(csv.reader(io.StringIO(f.read_text()), delimiter="\t"))
-    if not rows or "step" not in rows[0]: raise InputError("not a dvclive TSV: no 'step' column", file=f, line=1)
+    if not rows or "step" not in rows[0]:
+        raise InputError("not a dvclive TSV: no 'step' column", file=f, line=1)
     head = rows[0]
     col = head.index(metric.rsplit("/", 1)[-1]) if metric.rsplit("/", 1)[-1] in head else len(head) - 1
     i = head.index("step")
     steps, vals = [], []
     for n, r in enumerate(rows[1:], 2):
-        if not r: continue
-        try: steps.append(int(r[i])); vals.append(float(r[col]))
-        except (ValueError, IndexError): raise InputError(f"malformed row {r!r}", file=f, line=n, field=head[col]) from None
+        if not r:
+            continue
+        try:
+            steps.append(int(r[i]))
+            vals.append(float(r[col]))
+        except (ValueError, IndexError):
+            raise InputError(f"malformed row {r!r}", file=f, line=n, field=head[col]) from None
     o = np.argsort(steps, kind="stable")
     return np.asarray(steps, int)[o], np.asarray(vals, float)[o]
 
@@ -138,116 +175,173 @@ def read_curve(run: str | os.PathLike,  # a run folder (holding dvclive/)
 def mean_std(values: Sequence[float]) -> dict:  # one number per seed
     "{'mean', 'std' (sample std, ddof=1; NaN if n < 2), 'n', 'values'} of per-seed numbers."
     v = [float(x) for x in values]
-    if not v: raise InputError("no values to average")
-    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else math.nan, "n": len(v), "values": v}
+    if not v:
+        raise InputError("no values to average")
+    return {
+        "mean": float(np.mean(v)),
+        "std": float(np.std(v, ddof=1)) if len(v) > 1 else math.nan,
+        "n": len(v),
+        "values": v,
+    }
 
-def summary_value(summary: dict,  # an evaluation summary (maskfocus.toy.evaluate)
-                  column: str,  # a GenEval tag, "overall", or another key of the summary (score, clip_score, ...)
-                  ) -> float:
+
+def summary_value(
+    summary: dict,  # an evaluation summary (maskfocus.toy.evaluate)
+    column: str,  # a GenEval tag, "overall", or another key of the summary (score, clip_score, ...)
+) -> float:
     "One number of an evaluation summary: a tag's accuracy or a top-level number (NaN if absent)."
-    if column in TAGS: return float(summary["tags"].get(column, math.nan))
+    if column in TAGS:
+        return float(summary["tags"].get(column, math.nan))
     v = summary.get(column, math.nan)
     return float(v) if isinstance(v, (int, float)) else math.nan
 
-def seed_table(evals: dict[str, Sequence[dict]],  # label -> the evaluation summaries of its seeds
-               columns: Sequence[str] = (*TAGS, "overall"),  # what to average
-               ) -> dict[str, dict[str, dict]]:  # label -> column -> mean_std
+
+def seed_table(
+    evals: dict[str, Sequence[dict]],  # label -> the evaluation summaries of its seeds
+    columns: Sequence[str] = (*TAGS, "overall"),  # what to average
+) -> dict[str, dict[str, dict]]:  # label -> column -> mean_std
     "Mean ± std over seeds of every column, per label."
     return {lab: {c: mean_std([summary_value(e, c) for e in es]) for c in columns} for lab, es in evals.items()}
 
 # %% ../../nbs/report/00_experiments.ipynb #2ce90e95
 def _ms(x) -> dict:
-    if isinstance(x, dict): return x
-    if x is None: return {"mean": math.nan, "std": math.nan, "n": 0}
+    if isinstance(x, dict):
+        return x
+    if x is None:
+        return {"mean": math.nan, "std": math.nan, "n": 0}
     return {"mean": float(x), "std": math.nan, "n": 1}
 
-def compare(a,  # a mean_std dict, or one number
-            b,  # idem
-            ) -> dict:
+
+def compare(
+    a,  # a mean_std dict, or one number
+    b,  # idem
+) -> dict:
     "diff = mean_a - mean_b, its standard error `se` and `verdict`: higher, lower, within noise, equal, or '... (no noise estimate)'."
     a, b = _ms(a), _ms(b)
     diff = a["mean"] - b["mean"]
     sa = a["std"] if a.get("n", 0) > 1 else b["std"] if b.get("n", 0) > 1 else math.nan
     sb = b["std"] if b.get("n", 0) > 1 else sa
     se = math.sqrt(sa**2 / max(a["n"], 1) + sb**2 / max(b["n"], 1)) if not math.isnan(sa) else math.nan
-    if math.isnan(diff): verdict = "not available"
-    elif diff == 0: verdict = "equal"
-    elif math.isnan(se): verdict = ("higher" if diff > 0 else "lower" if diff < 0 else "equal") + " (no noise estimate)"
-    elif abs(diff) > 2 * se: verdict = "higher" if diff > 0 else "lower"
-    else: verdict = "within noise"
+    if math.isnan(diff):
+        verdict = "not available"
+    elif diff == 0:
+        verdict = "equal"
+    elif math.isnan(se):
+        verdict = ("higher" if diff > 0 else "lower" if diff < 0 else "equal") + " (no noise estimate)"
+    elif abs(diff) > 2 * se:
+        verdict = "higher" if diff > 0 else "lower"
+    else:
+        verdict = "within noise"
     return {"diff": diff, "se": se, "verdict": verdict}
+
 
 def fmt(x, digits: int = 3) -> str:  # a mean_std dict, a number or None
     "`0.512 ± 0.034` (n ≥ 2), `0.512` (one value) or `—` (missing)."
     m = _ms(x)
-    if math.isnan(m["mean"]): return "—"
-    if m.get("n", 0) > 1 and not math.isnan(m["std"]): return f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f}"
+    if math.isnan(m["mean"]):
+        return "—"
+    if m.get("n", 0) > 1 and not math.isnan(m["std"]):
+        return f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f}"
     return f"{m['mean']:.{digits}f}"
 
-def claim_line(claim: str,  # the paper's claim in words
-               a_label: str, a,  # the side the paper says is higher, and its number(s)
-               b_label: str, b,  # the other side
-               digits: int = 3,  # decimals shown
-               ) -> str:
+
+def claim_line(
+    claim: str,  # the paper's claim in words
+    a_label: str,
+    a,  # the side the paper says is higher, and its number(s)
+    b_label: str,
+    b,  # the other side
+    digits: int = 3,  # decimals shown
+) -> str:
     "One sentence, generated from the numbers: does `a > b` (the paper's claim) hold at toy scale?"
     c = compare(a, b)
-    holds = {"higher": "holds", "lower": "reversed", "within noise": "not resolved (within seed noise)",
-             "equal": "does not hold (equal)", "not available": "not available"}.get(c["verdict"], ("holds" if c["diff"] > 0 else "does not hold") + " (no noise estimate)")
+    holds = {
+        "higher": "holds",
+        "lower": "reversed",
+        "within noise": "not resolved (within seed noise)",
+        "equal": "does not hold (equal)",
+        "not available": "not available",
+    }.get(c["verdict"], ("holds" if c["diff"] > 0 else "does not hold") + " (no noise estimate)")
     noise = f", 2·se {2 * c['se']:.{digits}f}" if not math.isnan(c["se"]) else ""
-    return (f"{claim}: {a_label} {fmt(a, digits)} vs {b_label} {fmt(b, digits)} → difference {c['diff']:+.{digits}f}{noise}: "
-            f"**{holds}** at toy scale.")
+    return (
+        f"{claim}: {a_label} {fmt(a, digits)} vs {b_label} {fmt(b, digits)} → difference {c['diff']:+.{digits}f}{noise}: "
+        f"**{holds}** at toy scale."
+    )
 
 # %% ../../nbs/report/00_experiments.ipynb #7e7a8c0e
 def _cell(x, digits: int) -> str:
-    if isinstance(x, str): return x
-    if isinstance(x, (int, np.integer)) and not isinstance(x, bool): return str(int(x))
+    if isinstance(x, str):
+        return x
+    if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
+        return str(int(x))
     return fmt(x, digits)
 
-def markdown_table(rows: dict[str, dict],  # label -> column -> cell
-                   columns: Sequence[str],  # the columns, in order
-                   headers: dict[str, str] | None = None,  # column -> header text (default: the column name)
-                   digits: int = 3,  # decimals of numbers
-                   first: str = "",  # header of the label column
-                   ) -> str:
+
+def markdown_table(
+    rows: dict[str, dict],  # label -> column -> cell
+    columns: Sequence[str],  # the columns, in order
+    headers: dict[str, str] | None = None,  # column -> header text (default: the column name)
+    digits: int = 3,  # decimals of numbers
+    first: str = "",  # header of the label column
+) -> str:
     "A markdown table with one row per label."
     h = headers or {}
     out = [f"| {first} | " + " | ".join(h.get(c, c) for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for lab, r in rows.items(): out.append(f"| {lab} | " + " | ".join(_cell(r.get(c), digits) for c in columns) + " |")
+    for lab, r in rows.items():
+        out.append(f"| {lab} | " + " | ".join(_cell(r.get(c), digits) for c in columns) + " |")
     return "\n".join(out) + "\n"
+
 
 def jsonable(obj):  # nested dicts / lists of numbers, strings, paths, numpy values
     "A copy that `json` writes as valid JSON: NaN and inf become None, numpy values and paths plain Python."
-    if isinstance(obj, dict): return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)): return [jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)): return bool(obj)
-    if isinstance(obj, (int, np.integer)): return int(obj)
-    if isinstance(obj, (float, np.floating)): return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, os.PathLike): return str(obj)
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, os.PathLike):
+        return str(obj)
     return obj
 
-def write_table(out_dir: str | os.PathLike,  # output folder
-                stem: str,  # file name without suffix
-                rows: dict[str, dict],  # label -> column -> cell
-                columns: Sequence[str],  # the columns, in order
-                title: str = "",  # a heading above the markdown table
-                notes: str = "",  # text below the markdown table
-                headers: dict[str, str] | None = None,  # column -> header text
-                digits: int = 3,  # decimals in markdown
-                **extra,  # more JSON fields (settings, sources, claims)
-                ) -> tuple[Path, Path]:  # (json path, markdown path)
+
+def write_table(
+    out_dir: str | os.PathLike,  # output folder
+    stem: str,  # file name without suffix
+    rows: dict[str, dict],  # label -> column -> cell
+    columns: Sequence[str],  # the columns, in order
+    title: str = "",  # a heading above the markdown table
+    notes: str = "",  # text below the markdown table
+    headers: dict[str, str] | None = None,  # column -> header text
+    digits: int = 3,  # decimals in markdown
+    **extra,  # more JSON fields (settings, sources, claims)
+) -> tuple[Path, Path]:  # (json path, markdown path)
     "Write a table as `<stem>.json` and `<stem>.md`, atomically."
     out = Path(out_dir)
-    md = (f"## {title}\n\n" if title else "") + markdown_table(rows, columns, headers, digits) + (f"\n{notes}\n" if notes else "")
-    write_text_atomic(out/f"{stem}.md", md)
-    write_json_atomic(out/f"{stem}.json", jsonable({"title": title, "columns": list(columns), "rows": rows, **extra}))
-    return out/f"{stem}.json", out/f"{stem}.md"
+    md = (
+        (f"## {title}\n\n" if title else "")
+        + markdown_table(rows, columns, headers, digits)
+        + (f"\n{notes}\n" if notes else "")
+    )
+    write_text_atomic(out / f"{stem}.md", md)
+    write_json_atomic(out / f"{stem}.json", jsonable({"title": title, "columns": list(columns), "rows": rows, **extra}))
+    return out / f"{stem}.json", out / f"{stem}.md"
+
 
 def metrics_of(rows: dict[str, dict]) -> dict:  # label -> column -> cell
     "Only the numbers of a table (the mean of a mean_std cell), for DVC metrics."
     out = {}
     for lab, r in rows.items():
         cells = {c: (v["mean"] if isinstance(v, dict) else v) for c, v in r.items()}
-        out[lab] = {c: float(v) for c, v in cells.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+        out[lab] = {
+            c: float(v)
+            for c, v in cells.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        }
     return out
 
 # %% ../../nbs/report/00_experiments.ipynb #dcea54e1
@@ -259,17 +353,49 @@ PAPER = {
         "source": "MaskFocus Table 1 (GenEval, Meissonic 1024², 64 steps, CFG 5), via paper-notes.md §6.1",
         "columns": [*TAGS, "overall"],
         "rows": {
-            "base": {"label": "Meissonic", "single_object": 0.99, "two_object": 0.66, "counting": 0.42, "colors": 0.86,
-                     "position": 0.10, "color_attr": 0.22, "overall": 0.54},
-            "mask_grpo": {"label": "Mask-GRPO (Show-o)", "single_object": 0.99, "two_object": 0.90, "counting": 0.69, "colors": 0.85,
-                          "position": 0.35, "color_attr": 0.59, "overall": 0.73},
-            "maskgrpo": {"label": "Meissonic + MaskGRPO", "single_object": 0.98, "two_object": 0.87, "counting": 0.83, "colors": 0.87,
-                         "position": 0.39, "color_attr": 0.48, "overall": 0.73},
-            "maskfocus": {"label": "Meissonic + MaskFocus", "single_object": 0.99, "two_object": 0.91, "counting": 0.85, "colors": 0.87,
-                          "position": 0.42, "color_attr": 0.54, "overall": 0.76},
+            "base": {
+                "label": "Meissonic",
+                "single_object": 0.99,
+                "two_object": 0.66,
+                "counting": 0.42,
+                "colors": 0.86,
+                "position": 0.10,
+                "color_attr": 0.22,
+                "overall": 0.54,
+            },
+            "mask_grpo": {
+                "label": "Mask-GRPO (Show-o)",
+                "single_object": 0.99,
+                "two_object": 0.90,
+                "counting": 0.69,
+                "colors": 0.85,
+                "position": 0.35,
+                "color_attr": 0.59,
+                "overall": 0.73,
+            },
+            "maskgrpo": {
+                "label": "Meissonic + MaskGRPO",
+                "single_object": 0.98,
+                "two_object": 0.87,
+                "counting": 0.83,
+                "colors": 0.87,
+                "position": 0.39,
+                "color_attr": 0.48,
+                "overall": 0.73,
+            },
+            "maskfocus": {
+                "label": "Meissonic + MaskFocus",
+                "single_object": 0.99,
+                "two_object": 0.91,
+                "counting": 0.85,
+                "colors": 0.87,
+                "position": 0.42,
+                "color_attr": 0.54,
+                "overall": 0.76,
+            },
         },
         "notes": "single_object: Meissonic and Mask-GRPO from the Mask-GRPO paper's Table 1; MaskGRPO and MaskFocus from a "
-                 "less reliable source (consistent with the overall column). Mask-GRPO's row is its Show-o result, not a Meissonic run.",
+        "less reliable source (consistent with the overall column). Mask-GRPO's row is its Show-o result, not a Meissonic run.",
     },
     # paper-notes.md §6.2 "Table 2: human-preference metrics on DrawBench". No Mask-GRPO row in the paper.
     "table2": {
@@ -277,11 +403,23 @@ PAPER = {
         "columns": ["DEQA", "PickScore", "HPS", "ImageReward"],
         "rows": {
             "base": {"label": "Meissonic", "DEQA": 4.00, "PickScore": 21.63, "HPS": 28.89, "ImageReward": 0.39},
-            "maskgrpo": {"label": "Meissonic + MaskGRPO", "DEQA": 4.35, "PickScore": 22.34, "HPS": 35.48, "ImageReward": 1.06},
-            "maskfocus": {"label": "Meissonic + MaskFocus", "DEQA": 4.39, "PickScore": 22.39, "HPS": 35.52, "ImageReward": 1.09},
+            "maskgrpo": {
+                "label": "Meissonic + MaskGRPO",
+                "DEQA": 4.35,
+                "PickScore": 22.34,
+                "HPS": 35.48,
+                "ImageReward": 1.06,
+            },
+            "maskfocus": {
+                "label": "Meissonic + MaskFocus",
+                "DEQA": 4.39,
+                "PickScore": 22.39,
+                "HPS": 35.52,
+                "ImageReward": 1.09,
+            },
         },
         "notes": "HPS is v2.1 x 100. The preference runs of the released code train on HPSv2.1 (paper-notes.md §4, 'Reward for "
-                 "preference task'); the notes do not state the reward per row.",
+        "preference task'); the notes do not state the reward per row.",
     },
     # paper-notes.md §6.3 "Table 3: ablation". w/o DR DEQA: 4.35 (one source says 4.37).
     "table3": {
@@ -289,7 +427,12 @@ PAPER = {
         "columns": ["GenEval", "DEQA", "PickScore"],
         "rows": {
             "maskfocus": {"label": "MaskFocus", "GenEval": 0.76, "DEQA": 4.39, "PickScore": 22.39},
-            "maskfocus_no_css": {"label": "w/o CSS (random early steps)", "GenEval": 0.72, "DEQA": 4.34, "PickScore": 22.34},
+            "maskfocus_no_css": {
+                "label": "w/o CSS (random early steps)",
+                "GenEval": 0.72,
+                "DEQA": 4.34,
+                "PickScore": 22.34,
+            },
             "maskfocus_no_dr": {"label": "w/o DR-Sampling", "GenEval": 0.74, "DEQA": 4.35, "PickScore": 22.31},
         },
         "notes": "w/o DR DEQA: 4.35 (one source says 4.37). The write-ups read CSS as helping instruction following and DR as helping image quality.",
@@ -297,28 +440,35 @@ PAPER = {
 }
 
 # %% ../../nbs/report/00_experiments.ipynb #2026f8ce
-def smooth_curve(v: np.ndarray,  # values per iteration
-                 window: int = 1,  # trailing window (1: unchanged)
-                 ) -> np.ndarray:
+def smooth_curve(
+    v: np.ndarray,  # values per iteration
+    window: int = 1,  # trailing window (1: unchanged)
+) -> np.ndarray:
     "Trailing moving average (shorter windows at the start)."
     v = np.asarray(v, float)
-    if window <= 1 or len(v) == 0: return v
+    if window <= 1 or len(v) == 0:
+        return v
     c = np.cumsum(np.insert(v, 0, 0.0))
     i = np.arange(1, len(v) + 1)
     lo = np.maximum(i - window, 0)
     return (c[i] - c[lo]) / (i - lo)
 
-def curve_band(runs: dict[int, str | os.PathLike],  # seed -> run folder (one variant)
-               metric: str = "reward/mean",  # the metric
-               x: str = "iteration",  # "iteration" or "wall" (cumulative seconds of time/iteration)
-               smooth: int = 1,  # trailing moving-average window, per seed
-               ) -> dict:  # {"step", "x", "mean", "std", "n", "seeds"}
+
+def curve_band(
+    runs: dict[int, str | os.PathLike],  # seed -> run folder (one variant)
+    metric: str = "reward/mean",  # the metric
+    x: str = "iteration",  # "iteration" or "wall" (cumulative seconds of time/iteration)
+    smooth: int = 1,  # trailing moving-average window, per seed
+) -> dict:  # {"step", "x", "mean", "std", "n", "seeds"}
     "A metric's mean ± std over seeds at every iteration all seeds logged."
-    if x not in ("iteration", "wall"): raise InputError(f"x must be 'iteration' or 'wall', got {x!r}", field="x")
-    if not runs: raise InputError("no runs", field="runs")
+    if x not in ("iteration", "wall"):
+        raise InputError(f"x must be 'iteration' or 'wall', got {x!r}", field="x")
+    if not runs:
+        raise InputError("no runs", field="runs")
     curves = {s: read_curve(r, metric) for s, r in runs.items()}
     common = sorted(set.intersection(*(set(st.tolist()) for st, _ in curves.values())))
-    if not common: raise InputError(f"the seeds logged {metric!r} at no common iteration", file=next(iter(runs.values())))
+    if not common:
+        raise InputError(f"the seeds logged {metric!r} at no common iteration", file=next(iter(runs.values())))
     Y = np.stack([smooth_curve(v, smooth)[np.isin(st, common)] for st, v in curves.values()])
     if x == "wall":
         T = []
@@ -326,94 +476,149 @@ def curve_band(runs: dict[int, str | os.PathLike],  # seed -> run folder (one va
             st, t = read_curve(r, "time/iteration")
             T.append(np.cumsum(t)[np.isin(st, common)])
         X = np.mean(np.stack(T), 0)
-    else: X = np.asarray(common, float)
+    else:
+        X = np.asarray(common, float)
     n = Y.shape[0]
-    return {"step": np.asarray(common), "x": X, "mean": Y.mean(0), "std": Y.std(0, ddof=1) if n > 1 else np.full(Y.shape[1], math.nan),
-            "n": n, "seeds": list(runs)}
+    return {
+        "step": np.asarray(common),
+        "x": X,
+        "mean": Y.mean(0),
+        "std": Y.std(0, ddof=1) if n > 1 else np.full(Y.shape[1], math.nan),
+        "n": n,
+        "seeds": list(runs),
+    }
 
-def final_value(band: dict,  # from `curve_band`
-                last: int = 10,  # how many final iterations to average
-                ) -> float:
+
+def final_value(
+    band: dict,  # from `curve_band`
+    last: int = 10,  # how many final iterations to average
+) -> float:
     "Mean of the band's last `last` iterations."
     return float(np.mean(band["mean"][-last:]))
 
 # %% ../../nbs/report/00_experiments.ipynb #b4c17b4a
-def new_figure(nrows: int = 1, ncols: int = 1,  # subplot grid
-               size: tuple[float, float] = (4.0, 3.0),  # inches per subplot
-               ):
+def new_figure(
+    nrows: int = 1,
+    ncols: int = 1,  # subplot grid
+    size: tuple[float, float] = (4.0, 3.0),  # inches per subplot
+):
     "A (Figure, 2-D array of Axes) pair, without pyplot."
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
     return fig, np.atleast_2d(fig.subplots(nrows, ncols, squeeze=False))
 
-def plot_bands(ax,  # a matplotlib Axes
-               bands: dict[str, dict],  # label -> a `curve_band` result
-               title: str = "", xlabel: str = "iteration", ylabel: str = "",  # texts
-               ):
+
+def plot_bands(
+    ax,  # a matplotlib Axes
+    bands: dict[str, dict],  # label -> a `curve_band` result
+    title: str = "",
+    xlabel: str = "iteration",
+    ylabel: str = "",  # texts
+):
     "Draw each band as its mean line and a ±1 std shaded band (one seed: the line only)."
     for lab, b in bands.items():
-        line, = ax.plot(b["x"], b["mean"], label=f"{lab} (n={b['n']})", lw=1.4)
-        if b["n"] > 1: ax.fill_between(b["x"], b["mean"] - b["std"], b["mean"] + b["std"], color=line.get_color(), alpha=0.2, lw=0)
-    ax.set_title(title, fontsize=9); ax.set_xlabel(xlabel, fontsize=8); ax.set_ylabel(ylabel, fontsize=8)
-    ax.tick_params(labelsize=7); ax.grid(alpha=0.3)
-    if bands: ax.legend(fontsize=6)
+        (line,) = ax.plot(b["x"], b["mean"], label=f"{lab} (n={b['n']})", lw=1.4)
+        if b["n"] > 1:
+            ax.fill_between(b["x"], b["mean"] - b["std"], b["mean"] + b["std"], color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    if bands:
+        ax.legend(fontsize=6)
     return ax
 
-def plot_bars(ax,  # a matplotlib Axes
-              rows: dict[str, dict],  # label -> column -> cell (mean_std dict or number)
-              columns: Sequence[str],  # the groups on the x axis
-              paper: dict[str, dict] | None = None,  # label -> column -> the paper's number (black markers)
-              title: str = "", ylabel: str = "",  # texts
-              ):
+
+def plot_bars(
+    ax,  # a matplotlib Axes
+    rows: dict[str, dict],  # label -> column -> cell (mean_std dict or number)
+    columns: Sequence[str],  # the groups on the x axis
+    paper: dict[str, dict] | None = None,  # label -> column -> the paper's number (black markers)
+    title: str = "",
+    ylabel: str = "",  # texts
+):
     "Grouped bars per column, one colour per label, ±1 std error bars, the paper's numbers as markers."
-    k = max(len(rows), 1); w = 0.8 / k
+    k = max(len(rows), 1)
+    w = 0.8 / k
     xs = np.arange(len(columns))
     for i, (lab, r) in enumerate(rows.items()):
         m = [_ms(r.get(c)) for c in columns]
         pos = xs - 0.4 + w * (i + 0.5)
         err = [x["std"] if x.get("n", 0) > 1 and not math.isnan(x["std"]) else 0.0 for x in m]
-        ax.bar(pos, [x["mean"] for x in m], w, yerr=err if any(err) else None, label=lab, capsize=2, error_kw={"lw": 0.8})
+        ax.bar(
+            pos, [x["mean"] for x in m], w, yerr=err if any(err) else None, label=lab, capsize=2, error_kw={"lw": 0.8}
+        )
         pv = (paper or {}).get(lab)
-        if pv: ax.plot(pos, [pv.get(c, math.nan) for c in columns], "k_", ms=max(4, 30 * w), mew=1.5)
-    if paper: ax.plot([], [], "k_", label="paper", mew=1.5)
+        if pv:
+            ax.plot(pos, [pv.get(c, math.nan) for c in columns], "k_", ms=max(4, 30 * w), mew=1.5)
+    if paper:
+        ax.plot([], [], "k_", label="paper", mew=1.5)
     ax.set_xticks(xs, [c.replace("_", "\n") for c in columns], fontsize=7)
-    ax.set_title(title, fontsize=9); ax.set_ylabel(ylabel, fontsize=8); ax.tick_params(labelsize=7)
-    ax.grid(axis="y", alpha=0.3); ax.legend(fontsize=6)
+    ax.set_title(title, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=6)
     return ax
 
-def save_figure(fig,  # a matplotlib Figure
-                path: str | os.PathLike,  # the PNG to write
-                dpi: int = 110,  # resolution
-                ) -> Path:
+
+def save_figure(
+    fig,  # a matplotlib Figure
+    path: str | os.PathLike,  # the PNG to write
+    dpi: int = 110,  # resolution
+) -> Path:
     "Save a figure as PNG, atomically."
-    with atomic_write(path) as tmp: fig.savefig(tmp, format="png", dpi=dpi)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
     return Path(path)
 
 # %% ../../nbs/report/00_experiments.ipynb #bbced545
-TINY = {"iterations": 2, "prompts_per_iter": 2, "group_size": 2, "steps": 4, "K": 2, "checkpoint_every": 0, "log_images_every": 0}
+TINY = {
+    "iterations": 2,
+    "prompts_per_iter": 2,
+    "group_size": 2,
+    "steps": 4,
+    "K": 2,
+    "checkpoint_every": 0,
+    "log_images_every": 0,
+}
 
 _CLIP_REWARD = {"reward": {"judge": 0.0, "clip": 1.0}}
 TINY_VARIANTS: dict[str, tuple[str, dict]] = {
     **{p: (p, {}) for p in ("maskfocus", "maskfocus_no_css", "maskfocus_no_dr", "maskgrpo", "mask_grpo")},
-    "clip-maskfocus": ("maskfocus", _CLIP_REWARD), "clip-maskgrpo": ("maskgrpo", _CLIP_REWARD), "clip-mask_grpo": ("mask_grpo", _CLIP_REWARD),
-    "fig5-random_steps": ("random_steps", {}), "fig5-early_window": ("maskfocus", {"strategy": "early_window", "frac": 0.5}),
-    "fig5-uniform": ("maskfocus", {"strategy": "uniform"}), "fig5-cfg1": ("maskfocus", {"cfg": 1.0}), "fig5-cfg5": ("maskfocus", {"cfg": 5.0}),
+    "clip-maskfocus": ("maskfocus", _CLIP_REWARD),
+    "clip-maskgrpo": ("maskgrpo", _CLIP_REWARD),
+    "clip-mask_grpo": ("mask_grpo", _CLIP_REWARD),
+    "fig5-random_steps": ("random_steps", {}),
+    "fig5-early_window": ("maskfocus", {"strategy": "early_window", "frac": 0.5}),
+    "fig5-uniform": ("maskfocus", {"strategy": "uniform"}),
+    "fig5-cfg1": ("maskfocus", {"cfg": 1.0}),
+    "fig5-cfg5": ("maskfocus", {"cfg": 5.0}),
     "fig5-trajectory_mask": ("maskfocus", {"estimator": "trajectory_mask"}),
 }
+
 
 def _uses_clip(over: dict) -> bool:
     r = over.get("reward") or {}
     return bool(r.get("clip")) or bool(over.get("reward.clip"))
 
-def tiny_runs(out_dir: str | os.PathLike,  # folder for everything (models/, base/, rl/, work/)
-              variants: dict[str, tuple[str, dict]],  # run name -> (preset, RLConfig overrides), e.g. a selection of TINY_VARIANTS
-              seeds: Sequence[int] = (0, 1),  # seeds of every variant
-              evaluate: bool = True,  # evaluate each final model (eval.json); False: training curves only (faster)
-              setting: tuple[int, float] = (4, 3.0),  # (steps, cfg) of the evaluations: label `N=4,cfg=3`
-              test_per_tag: int = 1,  # test prompts per GenEval tag (1 image each)
-              quiet: bool = True,  # swallow the trainer's and evaluator's printing
-              keep_work: bool = False,  # keep each run's checkpoints and trained pipeline in work/ (about 12 MB a run)
-              ) -> dict:  # {"runs_dir": <out>/rl, "base_eval": <out>/base/eval.json (written if evaluate), "setting": its label, "wall_s"}
+
+def tiny_runs(
+    out_dir: str | os.PathLike,  # folder for everything (models/, base/, rl/, work/)
+    variants: dict[
+        str, tuple[str, dict]
+    ],  # run name -> (preset, RLConfig overrides), e.g. a selection of TINY_VARIANTS
+    seeds: Sequence[int] = (0, 1),  # seeds of every variant
+    evaluate: bool = True,  # evaluate each final model (eval.json); False: training curves only (faster)
+    setting: tuple[int, float] = (4, 3.0),  # (steps, cfg) of the evaluations: label `N=4,cfg=3`
+    test_per_tag: int = 1,  # test prompts per GenEval tag (1 image each)
+    quiet: bool = True,  # swallow the trainer's and evaluator's printing
+    keep_work: bool = False,  # keep each run's checkpoints and trained pipeline in work/ (about 12 MB a run)
+) -> (
+    dict
+):  # {"runs_dir": <out>/rl, "base_eval": <out>/base/eval.json (written if evaluate), "setting": its label, "wall_s"}
     "Train and evaluate tiny random models for real, in the pipeline's results layout."
     from maskfocus.toy import world
     from maskfocus.rl.config import make_config
@@ -422,54 +627,105 @@ def tiny_runs(out_dir: str | os.PathLike,  # folder for everything (models/, bas
     from maskfocus.toy.pipeline import toy_pipeline
     from maskfocus.rl.trainer import train
     from maskfocus.models.transformer import load_meissonic
+
     t0 = time.perf_counter()
-    out = Path(out_dir); base = out/"models"/"base"; clip_dir = out/"models"/"clip"
+    out = Path(out_dir)
+    base = out / "models" / "base"
+    clip_dir = out / "models" / "clip"
     splits = world.make_splits(0, test_per_tag=test_per_tag)
     need_clip = any(_uses_clip(o) for _, o in variants.values())
     with contextlib.ExitStack() as stack:
         if quiet:
             sink = io.StringIO()
-            stack.enter_context(contextlib.redirect_stdout(sink)); stack.enter_context(contextlib.redirect_stderr(sink))
-        if not (base/"model_index.json").is_file():
-            toy_pipeline(dim=32, heads=2, layers=1, single_layers=1, text_dim=32, text_layers=1, downsample=False).save(base)
+            stack.enter_context(contextlib.redirect_stdout(sink))
+            stack.enter_context(contextlib.redirect_stderr(sink))
+        if not (base / "model_index.json").is_file():
+            toy_pipeline(dim=32, heads=2, layers=1, single_layers=1, text_dim=32, text_layers=1, downsample=False).save(
+                base
+            )
         scorer = None
         if need_clip:
             from maskfocus.toy.clip import ClipConfig, ClipScorer, build_clip, save_clip
-            if not (clip_dir/"open_clip_config.json").is_file(): save_clip(build_clip(ClipConfig.tiny()), ClipConfig.tiny(), clip_dir)
+
+            if not (clip_dir / "open_clip_config.json").is_file():
+                save_clip(build_clip(ClipConfig.tiny()), ClipConfig.tiny(), clip_dir)
             scorer = ClipScorer.load(clip_dir)
-        ev = lambda pipe, folder, name, sc: evaluate_sweep(pipe, splits["test"], folder, settings=(setting,), per_prompt=1, batch=16,
-                                                           grids=False, clip_scorer=sc, details=out/"work"/name/"eval")
+        ev = lambda pipe, folder, name, sc: evaluate_sweep(
+            pipe,
+            splits["test"],
+            folder,
+            settings=(setting,),
+            per_prompt=1,
+            batch=16,
+            grids=False,
+            clip_scorer=sc,
+            details=out / "work" / name / "eval",
+        )
         base_pipe = MaskedPipeline.load(base) if evaluate else None
-        if evaluate: ev(base_pipe, out/"base", "base", scorer)
+        if evaluate:
+            ev(base_pipe, out / "base", "base", scorer)
         for name, (preset, over) in variants.items():
             over = dict(over)
-            if _uses_clip(over): over.setdefault("clip_model", str(clip_dir))
+            if _uses_clip(over):
+                over.setdefault("clip_model", str(clip_dir))
             for seed in seeds:
                 key = run_key(name, seed)
                 cfg = make_config(preset, {**TINY, **over, "seed": int(seed)})
-                s = train(cfg, base, out/"work"/key, progress=False, prompts=splits["train"], report=out/"rl"/key, resume=False)
+                s = train(
+                    cfg,
+                    base,
+                    out / "work" / key,
+                    progress=False,
+                    prompts=splits["train"],
+                    report=out / "rl" / key,
+                    resume=False,
+                )
                 if evaluate:  # only the transformer trains: reuse the base's text encoder and tokenizer (loading them is most of a load)
-                    pipe = MaskedPipeline(load_meissonic(s["final"]), base_pipe.text_encoder, base_pipe.tokenizer, base_pipe.sampling)
-                    ev(pipe, out/"rl"/key, key, scorer if _uses_clip(over) else None)
-                if not keep_work: shutil.rmtree(out/"work"/key)
-    return {"runs_dir": out/"rl", "base_eval": out/"base"/"eval.json", "setting": setting_label(*setting), "wall_s": round(time.perf_counter() - t0, 1)}
+                    pipe = MaskedPipeline(
+                        load_meissonic(s["final"]), base_pipe.text_encoder, base_pipe.tokenizer, base_pipe.sampling
+                    )
+                    ev(pipe, out / "rl" / key, key, scorer if _uses_clip(over) else None)
+                if not keep_work:
+                    shutil.rmtree(out / "work" / key)
+    return {
+        "runs_dir": out / "rl",
+        "base_eval": out / "base" / "eval.json",
+        "setting": setting_label(*setting),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
 
 # %% ../../nbs/report/00_experiments.ipynb #f36cef56
-def experiment_inputs(runs_dir: str | os.PathLike,  # folder of `<variant>-s<seed>` runs; "" = tiny runs in a temporary folder
-                      base_eval: str | os.PathLike,  # the base model's eval.json; "" = the tiny base's (or none)
-                      variants: Sequence[str],  # the variants the notebook reads (tiny runs: keys of TINY_VARIANTS)
-                      seeds: Sequence[int] = (0, 1),  # seeds of the tiny runs
-                      evaluate: bool = True,  # tiny runs: evaluate the final models
-                      setting: str = "",  # the evaluation setting's label in eval.json (`N=16,cfg=3`); "" = the tiny runs' (given runs need one)
-                      ) -> dict:  # {"runs_dir": Path, "base_eval": Path | None, "setting": str, "tiny": bool}
+def experiment_inputs(
+    runs_dir: str | os.PathLike,  # folder of `<variant>-s<seed>` runs; "" = tiny runs in a temporary folder
+    base_eval: str | os.PathLike,  # the base model's eval.json; "" = the tiny base's (or none)
+    variants: Sequence[str],  # the variants the notebook reads (tiny runs: keys of TINY_VARIANTS)
+    seeds: Sequence[int] = (0, 1),  # seeds of the tiny runs
+    evaluate: bool = True,  # tiny runs: evaluate the final models
+    setting: str = "",  # the evaluation setting's label in eval.json (`N=16,cfg=3`); "" = the tiny runs' (given runs need one)
+) -> dict:  # {"runs_dir": Path, "base_eval": Path | None, "setting": str, "tiny": bool}
     "The runs, base evaluation and evaluation setting a notebook reads: the given ones, or tiny real runs of its variants."
     if str(runs_dir):
-        if not setting: raise InputError("given runs need the evaluation setting, its label in eval.json (e.g. N=16,cfg=3)", field="setting")
-        return {"runs_dir": resolve(runs_dir), "base_eval": resolve(base_eval) if str(base_eval) else None, "setting": setting, "tiny": False}
+        if not setting:
+            raise InputError(
+                "given runs need the evaluation setting, its label in eval.json (e.g. N=16,cfg=3)", field="setting"
+            )
+        return {
+            "runs_dir": resolve(runs_dir),
+            "base_eval": resolve(base_eval) if str(base_eval) else None,
+            "setting": setting,
+            "tiny": False,
+        }
     unknown = [v for v in variants if v not in TINY_VARIANTS]
-    if unknown: raise InputError(f"no tiny definition of {', '.join(unknown)} (known: {', '.join(TINY_VARIANTS)})", field="variants")
+    if unknown:
+        raise InputError(
+            f"no tiny definition of {', '.join(unknown)} (known: {', '.join(TINY_VARIANTS)})", field="variants"
+        )
     tmp = tempfile.mkdtemp(prefix="maskfocus-tiny-runs-")
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # removed when the kernel exits
     t = tiny_runs(tmp, {v: TINY_VARIANTS[v] for v in variants}, seeds, evaluate=evaluate)
-    return {"runs_dir": t["runs_dir"], "base_eval": resolve(base_eval) if str(base_eval) else (t["base_eval"] if evaluate else None),
-            "setting": setting or t["setting"], "tiny": True}
+    return {
+        "runs_dir": t["runs_dir"],
+        "base_eval": resolve(base_eval) if str(base_eval) else (t["base_eval"] if evaluate else None),
+        "setting": setting or t["setting"],
+        "tiny": True,
+    }

@@ -19,111 +19,352 @@ __all__ = ['ESTIMATOR_NAMES', 'PRESETS', 'RLConfig', 'make_config', 'trained_ste
            'format_budgets']
 
 # %% ../../nbs/rl/07_config.ipynb #1821069f
-def _help(text: str) -> dict: return {"help": text}
+def _help(text: str) -> dict:
+    return {"help": text}
+
 
 ESTIMATOR_NAMES = ("remask_random", "remask_schedule", "trajectory_replay", "trajectory_mask")
-_ESTIMATOR_KNOBS = {"remask_random": ("shared_positions", "alignment"), "trajectory_mask": ("alignment",),
-                    "remask_schedule": ("mu", "min_mask_rate"), "trajectory_replay": ("candidate",)}
+_ESTIMATOR_KNOBS = {
+    "remask_random": ("shared_positions", "alignment"),
+    "trajectory_mask": ("alignment",),
+    "remask_schedule": ("mu", "min_mask_rate"),
+    "trajectory_replay": ("candidate",),
+}
+
 
 @dataclass
 class RLConfig:
     "Every knob of an RL run; defaults = the MaskFocus released code, scaled to the toy world where noted."
-    # --- batch and rollout ---
-    prompts_per_iter: int = field(default=4, metadata=_help("GLOBAL prompts per iteration, over all processes (MaskFocus code: 1 per GPU x 4 GPUs = 4; Mask-GRPO 16; toy: 4)"))
-    group_size: int = field(default=8, metadata=_help("G, rollouts per prompt (MaskFocus paper: 8; its script: 2; Mask-GRPO: 6; MaskGRPO t2i script: 9)"))
-    steps: int = field(default=16, metadata=_help("N, MaskGIT sampling steps of a rollout (MaskFocus: 64 for Meissonic; Mask-GRPO: 50; toy base model: 16)"))
-    cfg: float = field(default=3.0, metadata=_help("classifier-free guidance weight w of the rollout (MaskFocus: 5 at paper scale; Mask-GRPO trains with CFG 0; toy base default: 3)"))
-    dr: dict = field(default_factory=lambda: asdict(DRConfig()), metadata=_help("Dynamic-Routing sampling, the fields of maskfocus.rl.rollout.DRConfig (MaskFocus code: enabled, median split, T=2.5, alpha=3, theta=0.7); e.g. {'enabled': False}"))
-    # --- step selection ---
-    strategy: str = field(default="critical", metadata=_help("step selection (maskfocus.rl.css): critical (MaskFocus CSS), random, random_early(p) (Table 3 'w/o CSS'), early_window(frac) (Fig. 5), uniform, all (full trajectory); ignored by remask_schedule"))
-    K: int = field(default=2, metadata=_help("selected steps per rollout (MaskFocus: 6 of 64 ~ N/10; toy: 2 of 16); ignored by strategy 'all'"))
-    per: str = field(default="group", metadata=_help("rank / draw steps per prompt group (MaskFocus code: one group per GPU) or per sample"))
-    alignment: str = field(default="paper_code", metadata=_help("paper_code: a chosen step s is trained with the mask count after s and the timestep of s (released code); consistent: the timestep of s+1"))
-    p: float = field(default=0.4, metadata=_help("random_early: fraction of the N steps the random draw comes from (MaskFocus Fig. 5: first 40%)"))
-    frac: float = field(default=0.2, metadata=_help("early_window: fraction of the N steps covered by the window (MaskFocus Fig. 5: first 20%)"))
-    # --- log-prob estimator ---
-    estimator: str = field(default="remask_random", metadata=_help("maskfocus.rl.logprob estimator: remask_random (MaskFocus), remask_schedule (MaskGRPO), trajectory_replay (Mask-GRPO), trajectory_mask (ablation, Fig. 5 'mask strategy')"))
-    shared_positions: bool = field(default=True, metadata=_help("remask_random: one random set of positions per group sized by its first sample (MaskFocus code: one set per GPU batch = one group); False: a set per sample"))
-    min_mask_rate: float = field(default=0.8, metadata=_help("remask_schedule: m (MaskGRPO gamma), iteration j masks with ratio min(m + (1-m)(j+1)/mu, 0.999) (MaskGRPO paper: 0.8 for images)"))
-    candidate: int = field(default=1, metadata=_help("trajectory_replay: Mask-GRPO transition candidate 1 (newly unmasked + mass below the minimum kept confidence, their default) or 2 (newly unmasked only)"))
-    # --- policy update ---
-    mu: int = field(default=1, metadata=_help("inner iterations (optimizer steps) per rollout; remask_schedule also uses mu mask ratios (MaskFocus code: 1, on-policy; MaskGRPO t2i script: 6, paper: 12)"))
-    clip: tuple | None = field(default=None, metadata=_help("(eps_low, eps_high): ratio clipped to [1-eps_low, 1+eps_high]; None: no clipping (MaskFocus code: none; MaskGRPO: (0.2, 0.2); Mask-GRPO: (0.1, 0.2) = [0.9, 1.2])"))
-    beta: float = field(default=0.01, metadata=_help("k3 KL weight to a frozen copy of the initial transformer (MaskFocus / MaskGRPO: 0.01; Mask-GRPO: 0, and then no reference model is built)"))
-    ratio_level: str = field(default="token", metadata=_help("token: per-token ratio (MaskFocus, MaskGRPO); step: one ratio per sample and step, exp(sum of log-ratios) (Mask-GRPO)"))
-    token_mean: str = field(default="sample", metadata=_help("sample: per-sample mean over scored tokens, then the batch mean (MaskFocus code, 1/(B|M'_k|)); batch: sum over the batch's scored tokens / their number (MaskGRPO)"))
-    step_loss: str = field(default="sum", metadata=_help("how the selected steps' losses add up: sum (MaskFocus code: each step back-propagated, not divided by K) or mean (Mask-GRPO: divided by the number of steps T)"))
-    adv_scaling: str = field(default="group", metadata=_help("advantage scaling (maskfocus.rl.grpo.group_advantages): group std (MaskFocus, MaskGRPO), batch std, or none"))
-    adv_eps: float = field(default=1e-4, metadata=_help("added to the std of the advantages (MaskFocus code: 1e-4; MaskGRPO: 1e-5)"))
-    # --- optimizer ---
-    lr: float = field(default=1e-4, metadata=_help("peak AdamW learning rate (MaskFocus: 2e-6 on Meissonic; Mask-GRPO / MaskGRPO: 3e-6; toy: 1e-4, between toy-calibration's unstable 3e-4 and inert 3e-5)"))
-    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay (MaskFocus: HF Trainer default 0; Mask-GRPO: 0.02; MaskGRPO: 0.1)"))
-    betas: tuple = field(default=(0.9, 0.999), metadata=_help("AdamW betas (MaskFocus: HF default (0.9, 0.999); Mask-GRPO: (0.9, 0.95); MaskGRPO: (0.9, 0.99))"))
-    grad_clip: float = field(default=1.0, metadata=_help("max gradient norm (MaskFocus: HF default 1.0; MaskGRPO: 0.2); 0 disables"))
-    warmup: int = field(default=0, metadata=_help("linear warm-up optimizer steps (MaskFocus: none; Mask-GRPO: 1000)"))
-    lr_schedule: str = field(default="linear", metadata=_help("after warm-up: linear decay to 0 (MaskFocus: HF Trainer default), cosine (Mask-GRPO), or constant (MaskGRPO)"))
-    iterations: int = field(default=100, metadata=_help("RL iterations = rollout batches (MaskFocus: 1200 steps; toy: 100)"))
-    # --- reward and data ---
-    reward: dict = field(default_factory=lambda: {"judge": 1.0}, metadata=_help("{name: weight} for maskfocus.rl.rewards.make_reward: judge (GenEval binary, the MaskFocus GenEval run), judge_partial (Flow-GRPO score), judge_strict, clip"))
-    clip_model: str | None = field(default=None, metadata=_help("CLIP folder for the 'clip' reward (toy: models/clip)"))
-    reward_servers: dict = field(default_factory=dict, metadata=_help("{name: http(s) URL} of reward servers (maskfocus.rl.rewards.serve_reward protocol), usable as names in `reward`: the paper-scale GenEval / HPS / CLIP scorers of MaskFocus §4.1 run as services, as in Flow-GRPO"))
-    reward_timeout: float = field(default=600.0, metadata=_help("seconds to wait for a reward server's answer"))
-    reward_monitor: str = field(default="judge", metadata=_help("judge: also log the toy judge's accuracy (toy world only); none: log only the rewards (paper scale, where the toy judge means nothing)"))
-    train_prompts: str = field(default="data/prompts/train_metadata.jsonl", metadata=_help("training prompts, GenEval-format jsonl (never the test split)"))
-    prompt_sampling: str = field(default="uniform", metadata=_help("how an iteration draws its prompts: uniform over the training prompts (MaskFocus code: a shuffled prompt list), or tag_balanced (each prompt weighted 1/(tags x prompts of its tag), so every GenEval tag is drawn equally often; toy: the training split is 71% color_attr)"))
-    seed: int = field(default=0, metadata=_help("seed of the prompt stream and of every rollout / selection / re-masking generator (MaskFocus code: 42)"))
-    # --- logistics (not compared when resuming) ---
-    checkpoint_every: int = field(default=10, metadata=_help("iterations between checkpoints (MaskFocus: 100 steps); one is also written at the end"))
-    keep_checkpoints: int = field(default=2, metadata=_help("most recent checkpoints kept (0: all)"))
-    log_images_every: int = field(default=10, metadata=_help("iterations between PNG grids of rollouts in dvclive (0: never)"))
-    eval_every: int = field(default=0, metadata=_help("iterations between judge evaluations on test prompts during training (0: never; the DVC stages evaluate the final model)"))
-    eval_prompts: int = field(default=36, metadata=_help("test prompts used by the in-training evaluation (the first ones of the file)"))
-    eval_per_prompt: int = field(default=2, metadata=_help("images per test prompt in the in-training evaluation (GenEval: 4)"))
-    test_prompts: str = field(default="data/prompts/test_metadata.jsonl", metadata=_help("test prompts of the in-training evaluation"))
 
-    LOGISTICS = ("checkpoint_every", "keep_checkpoints", "log_images_every", "eval_every", "eval_prompts", "eval_per_prompt", "test_prompts")
+    # --- batch and rollout ---
+    prompts_per_iter: int = field(
+        default=4,
+        metadata=_help(
+            "GLOBAL prompts per iteration, over all processes (MaskFocus code: 1 per GPU x 4 GPUs = 4; Mask-GRPO 16; toy: 4)"
+        ),
+    )
+    group_size: int = field(
+        default=8,
+        metadata=_help(
+            "G, rollouts per prompt (MaskFocus paper: 8; its script: 2; Mask-GRPO: 6; MaskGRPO t2i script: 9)"
+        ),
+    )
+    steps: int = field(
+        default=16,
+        metadata=_help(
+            "N, MaskGIT sampling steps of a rollout (MaskFocus: 64 for Meissonic; Mask-GRPO: 50; toy base model: 16)"
+        ),
+    )
+    cfg: float = field(
+        default=3.0,
+        metadata=_help(
+            "classifier-free guidance weight w of the rollout (MaskFocus: 5 at paper scale; Mask-GRPO trains with CFG 0; toy base default: 3)"
+        ),
+    )
+    dr: dict = field(
+        default_factory=lambda: asdict(DRConfig()),
+        metadata=_help(
+            "Dynamic-Routing sampling, the fields of maskfocus.rl.rollout.DRConfig (MaskFocus code: enabled, median split, T=2.5, alpha=3, theta=0.7); e.g. {'enabled': False}"
+        ),
+    )
+    # --- step selection ---
+    strategy: str = field(
+        default="critical",
+        metadata=_help(
+            "step selection (maskfocus.rl.css): critical (MaskFocus CSS), random, random_early(p) (Table 3 'w/o CSS'), early_window(frac) (Fig. 5), uniform, all (full trajectory); ignored by remask_schedule"
+        ),
+    )
+    K: int = field(
+        default=2,
+        metadata=_help(
+            "selected steps per rollout (MaskFocus: 6 of 64 ~ N/10; toy: 2 of 16); ignored by strategy 'all'"
+        ),
+    )
+    per: str = field(
+        default="group",
+        metadata=_help("rank / draw steps per prompt group (MaskFocus code: one group per GPU) or per sample"),
+    )
+    alignment: str = field(
+        default="paper_code",
+        metadata=_help(
+            "paper_code: a chosen step s is trained with the mask count after s and the timestep of s (released code); consistent: the timestep of s+1"
+        ),
+    )
+    p: float = field(
+        default=0.4,
+        metadata=_help(
+            "random_early: fraction of the N steps the random draw comes from (MaskFocus Fig. 5: first 40%)"
+        ),
+    )
+    frac: float = field(
+        default=0.2,
+        metadata=_help("early_window: fraction of the N steps covered by the window (MaskFocus Fig. 5: first 20%)"),
+    )
+    # --- log-prob estimator ---
+    estimator: str = field(
+        default="remask_random",
+        metadata=_help(
+            "maskfocus.rl.logprob estimator: remask_random (MaskFocus), remask_schedule (MaskGRPO), trajectory_replay (Mask-GRPO), trajectory_mask (ablation, Fig. 5 'mask strategy')"
+        ),
+    )
+    shared_positions: bool = field(
+        default=True,
+        metadata=_help(
+            "remask_random: one random set of positions per group sized by its first sample (MaskFocus code: one set per GPU batch = one group); False: a set per sample"
+        ),
+    )
+    min_mask_rate: float = field(
+        default=0.8,
+        metadata=_help(
+            "remask_schedule: m (MaskGRPO gamma), iteration j masks with ratio min(m + (1-m)(j+1)/mu, 0.999) (MaskGRPO paper: 0.8 for images)"
+        ),
+    )
+    candidate: int = field(
+        default=1,
+        metadata=_help(
+            "trajectory_replay: Mask-GRPO transition candidate 1 (newly unmasked + mass below the minimum kept confidence, their default) or 2 (newly unmasked only)"
+        ),
+    )
+    # --- policy update ---
+    mu: int = field(
+        default=1,
+        metadata=_help(
+            "inner iterations (optimizer steps) per rollout; remask_schedule also uses mu mask ratios (MaskFocus code: 1, on-policy; MaskGRPO t2i script: 6, paper: 12)"
+        ),
+    )
+    clip: tuple | None = field(
+        default=None,
+        metadata=_help(
+            "(eps_low, eps_high): ratio clipped to [1-eps_low, 1+eps_high]; None: no clipping (MaskFocus code: none; MaskGRPO: (0.2, 0.2); Mask-GRPO: (0.1, 0.2) = [0.9, 1.2])"
+        ),
+    )
+    beta: float = field(
+        default=0.01,
+        metadata=_help(
+            "k3 KL weight to a frozen copy of the initial transformer (MaskFocus / MaskGRPO: 0.01; Mask-GRPO: 0, and then no reference model is built)"
+        ),
+    )
+    ratio_level: str = field(
+        default="token",
+        metadata=_help(
+            "token: per-token ratio (MaskFocus, MaskGRPO); step: one ratio per sample and step, exp(sum of log-ratios) (Mask-GRPO)"
+        ),
+    )
+    token_mean: str = field(
+        default="sample",
+        metadata=_help(
+            "sample: per-sample mean over scored tokens, then the batch mean (MaskFocus code, 1/(B|M'_k|)); batch: sum over the batch's scored tokens / their number (MaskGRPO)"
+        ),
+    )
+    step_loss: str = field(
+        default="sum",
+        metadata=_help(
+            "how the selected steps' losses add up: sum (MaskFocus code: each step back-propagated, not divided by K) or mean (Mask-GRPO: divided by the number of steps T)"
+        ),
+    )
+    adv_scaling: str = field(
+        default="group",
+        metadata=_help(
+            "advantage scaling (maskfocus.rl.grpo.group_advantages): group std (MaskFocus, MaskGRPO), batch std, or none"
+        ),
+    )
+    adv_eps: float = field(
+        default=1e-4, metadata=_help("added to the std of the advantages (MaskFocus code: 1e-4; MaskGRPO: 1e-5)")
+    )
+    # --- optimizer ---
+    lr: float = field(
+        default=1e-4,
+        metadata=_help(
+            "peak AdamW learning rate (MaskFocus: 2e-6 on Meissonic; Mask-GRPO / MaskGRPO: 3e-6; toy: 1e-4, between toy-calibration's unstable 3e-4 and inert 3e-5)"
+        ),
+    )
+    weight_decay: float = field(
+        default=0.0,
+        metadata=_help("AdamW weight decay (MaskFocus: HF Trainer default 0; Mask-GRPO: 0.02; MaskGRPO: 0.1)"),
+    )
+    betas: tuple = field(
+        default=(0.9, 0.999),
+        metadata=_help(
+            "AdamW betas (MaskFocus: HF default (0.9, 0.999); Mask-GRPO: (0.9, 0.95); MaskGRPO: (0.9, 0.99))"
+        ),
+    )
+    grad_clip: float = field(
+        default=1.0, metadata=_help("max gradient norm (MaskFocus: HF default 1.0; MaskGRPO: 0.2); 0 disables")
+    )
+    warmup: int = field(default=0, metadata=_help("linear warm-up optimizer steps (MaskFocus: none; Mask-GRPO: 1000)"))
+    lr_schedule: str = field(
+        default="linear",
+        metadata=_help(
+            "after warm-up: linear decay to 0 (MaskFocus: HF Trainer default), cosine (Mask-GRPO), or constant (MaskGRPO)"
+        ),
+    )
+    iterations: int = field(
+        default=100, metadata=_help("RL iterations = rollout batches (MaskFocus: 1200 steps; toy: 100)")
+    )
+    # --- reward and data ---
+    reward: dict = field(
+        default_factory=lambda: {"judge": 1.0},
+        metadata=_help(
+            "{name: weight} for maskfocus.rl.rewards.make_reward: judge (GenEval binary, the MaskFocus GenEval run), judge_partial (Flow-GRPO score), judge_strict, clip"
+        ),
+    )
+    clip_model: str | None = field(default=None, metadata=_help("CLIP folder for the 'clip' reward (toy: models/clip)"))
+    reward_servers: dict = field(
+        default_factory=dict,
+        metadata=_help(
+            "{name: http(s) URL} of reward servers (maskfocus.rl.rewards.serve_reward protocol), usable as names in `reward`: the paper-scale GenEval / HPS / CLIP scorers of MaskFocus §4.1 run as services, as in Flow-GRPO"
+        ),
+    )
+    reward_timeout: float = field(default=600.0, metadata=_help("seconds to wait for a reward server's answer"))
+    reward_monitor: str = field(
+        default="judge",
+        metadata=_help(
+            "judge: also log the toy judge's accuracy (toy world only); none: log only the rewards (paper scale, where the toy judge means nothing)"
+        ),
+    )
+    train_prompts: str = field(
+        default="data/prompts/train_metadata.jsonl",
+        metadata=_help("training prompts, GenEval-format jsonl (never the test split)"),
+    )
+    prompt_sampling: str = field(
+        default="uniform",
+        metadata=_help(
+            "how an iteration draws its prompts: uniform over the training prompts (MaskFocus code: a shuffled prompt list), or tag_balanced (each prompt weighted 1/(tags x prompts of its tag), so every GenEval tag is drawn equally often; toy: the training split is 71% color_attr)"
+        ),
+    )
+    seed: int = field(
+        default=0,
+        metadata=_help(
+            "seed of the prompt stream and of every rollout / selection / re-masking generator (MaskFocus code: 42)"
+        ),
+    )
+    # --- logistics (not compared when resuming) ---
+    checkpoint_every: int = field(
+        default=10,
+        metadata=_help("iterations between checkpoints (MaskFocus: 100 steps); one is also written at the end"),
+    )
+    keep_checkpoints: int = field(default=2, metadata=_help("most recent checkpoints kept (0: all)"))
+    log_images_every: int = field(
+        default=10, metadata=_help("iterations between PNG grids of rollouts in dvclive (0: never)")
+    )
+    eval_every: int = field(
+        default=0,
+        metadata=_help(
+            "iterations between judge evaluations on test prompts during training (0: never; the DVC stages evaluate the final model)"
+        ),
+    )
+    eval_prompts: int = field(
+        default=36, metadata=_help("test prompts used by the in-training evaluation (the first ones of the file)")
+    )
+    eval_per_prompt: int = field(
+        default=2, metadata=_help("images per test prompt in the in-training evaluation (GenEval: 4)")
+    )
+    test_prompts: str = field(
+        default="data/prompts/test_metadata.jsonl", metadata=_help("test prompts of the in-training evaluation")
+    )
+
+    LOGISTICS = (
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_images_every",
+        "eval_every",
+        "eval_prompts",
+        "eval_per_prompt",
+        "test_prompts",
+    )
 
     def __post_init__(self):
         from maskfocus.rl.css import parse_strategy
-        for k in ("prompts_per_iter", "group_size", "steps", "K", "mu", "iterations", "eval_prompts", "eval_per_prompt"):
+
+        for k in (
+            "prompts_per_iter",
+            "group_size",
+            "steps",
+            "K",
+            "mu",
+            "iterations",
+            "eval_prompts",
+            "eval_per_prompt",
+        ):
             v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise InputError(f"{k} must be a positive int, got {v!r}", field=k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InputError(f"{k} must be a positive int, got {v!r}", field=k)
         for k in ("checkpoint_every", "keep_checkpoints", "log_images_every", "eval_every", "warmup", "seed"):
             v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0: raise InputError(f"{k} must be an int >= 0, got {v!r}", field=k)
-        if isinstance(self.dr, DRConfig): self.dr = asdict(self.dr)
-        if not isinstance(self.dr, dict): raise InputError(f"dr must be a mapping of DRConfig fields, got {self.dr!r}", field="dr")
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise InputError(f"{k} must be an int >= 0, got {v!r}", field=k)
+        if isinstance(self.dr, DRConfig):
+            self.dr = asdict(self.dr)
+        if not isinstance(self.dr, dict):
+            raise InputError(f"dr must be a mapping of DRConfig fields, got {self.dr!r}", field="dr")
         self.dr = asdict(DRConfig.from_dict(self.dr))
         parse_strategy(self.strategy)
-        choices = {"per": ("group", "sample"), "alignment": ("paper_code", "consistent"), "estimator": ESTIMATOR_NAMES,
-                   "ratio_level": ("token", "step"), "token_mean": ("sample", "batch"), "step_loss": ("sum", "mean"),
-                   "adv_scaling": ("group", "batch", "none"), "lr_schedule": ("linear", "cosine", "constant"),
-                   "prompt_sampling": ("uniform", "tag_balanced")}
+        choices = {
+            "per": ("group", "sample"),
+            "alignment": ("paper_code", "consistent"),
+            "estimator": ESTIMATOR_NAMES,
+            "ratio_level": ("token", "step"),
+            "token_mean": ("sample", "batch"),
+            "step_loss": ("sum", "mean"),
+            "adv_scaling": ("group", "batch", "none"),
+            "lr_schedule": ("linear", "cosine", "constant"),
+            "prompt_sampling": ("uniform", "tag_balanced"),
+        }
         for k, ok in choices.items():
-            if getattr(self, k) not in ok: raise InputError(f"{k} must be one of {', '.join(ok)}, got {getattr(self, k)!r}", field=k)
-        if self.candidate not in (1, 2): raise InputError(f"candidate must be 1 or 2, got {self.candidate!r}", field="candidate")
-        if not 0 <= self.min_mask_rate < 1: raise InputError(f"min_mask_rate must lie in [0, 1), got {self.min_mask_rate}", field="min_mask_rate")
+            if getattr(self, k) not in ok:
+                raise InputError(f"{k} must be one of {', '.join(ok)}, got {getattr(self, k)!r}", field=k)
+        if self.candidate not in (1, 2):
+            raise InputError(f"candidate must be 1 or 2, got {self.candidate!r}", field="candidate")
+        if not 0 <= self.min_mask_rate < 1:
+            raise InputError(f"min_mask_rate must lie in [0, 1), got {self.min_mask_rate}", field="min_mask_rate")
         if self.clip is not None:
             c = tuple(self.clip) if isinstance(self.clip, (list, tuple)) else None
-            if c is None or len(c) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in c) or not (0 <= c[0] < 1 and c[1] >= 0):
-                raise InputError(f"clip must be null or [eps_low in [0,1), eps_high >= 0], got {self.clip!r}", field="clip")
+            if (
+                c is None
+                or len(c) != 2
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in c)
+                or not (0 <= c[0] < 1 and c[1] >= 0)
+            ):
+                raise InputError(
+                    f"clip must be null or [eps_low in [0,1), eps_high >= 0], got {self.clip!r}", field="clip"
+                )
             self.clip = (float(c[0]), float(c[1]))
         b = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else ()
-        if len(b) != 2 or not all(isinstance(x, (int, float)) and 0 <= x < 1 for x in b): raise InputError(f"betas must be two numbers in [0, 1), got {self.betas!r}", field="betas")
+        if len(b) != 2 or not all(isinstance(x, (int, float)) and 0 <= x < 1 for x in b):
+            raise InputError(f"betas must be two numbers in [0, 1), got {self.betas!r}", field="betas")
         self.betas = (float(b[0]), float(b[1]))
         for k in ("lr", "beta", "weight_decay", "grad_clip", "adv_eps", "cfg", "p", "frac"):
             v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0: raise InputError(f"{k} must be a finite number >= 0, got {v!r}", field=k)
-        if not isinstance(self.reward, dict) or not self.reward: raise InputError(f"reward must be a non-empty mapping {{name: weight}}, got {self.reward!r}", field="reward")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise InputError(f"{k} must be a finite number >= 0, got {v!r}", field=k)
+        if not isinstance(self.reward, dict) or not self.reward:
+            raise InputError(
+                f"reward must be a non-empty mapping {{name: weight}}, got {self.reward!r}", field="reward"
+            )
         for k, w in self.reward.items():
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w): raise InputError(f"reward weight must be a finite number, got {w!r}", field=f"reward.{k}")
-        if not isinstance(self.reward_servers, dict): raise InputError(f"reward_servers must be a mapping {{name: url}}, got {self.reward_servers!r}", field="reward_servers")
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+                raise InputError(f"reward weight must be a finite number, got {w!r}", field=f"reward.{k}")
+        if not isinstance(self.reward_servers, dict):
+            raise InputError(
+                f"reward_servers must be a mapping {{name: url}}, got {self.reward_servers!r}", field="reward_servers"
+            )
         for k, u in self.reward_servers.items():  # RemoteReward checks the URL; the error names the config key
-            try: RemoteReward(u, name=str(k))
-            except InputError as e: raise InputError(e.msg, field=f"reward_servers.{k}") from None
-        if isinstance(self.reward_timeout, bool) or not isinstance(self.reward_timeout, (int, float)) or not self.reward_timeout > 0:
-            raise InputError(f"reward_timeout must be a number of seconds > 0, got {self.reward_timeout!r}", field="reward_timeout")
-        if self.reward_monitor not in ("judge", "none"): raise InputError(f"reward_monitor must be 'judge' or 'none', got {self.reward_monitor!r}", field="reward_monitor")
+            try:
+                RemoteReward(u, name=str(k))
+            except InputError as e:
+                raise InputError(e.msg, field=f"reward_servers.{k}") from None
+        if (
+            isinstance(self.reward_timeout, bool)
+            or not isinstance(self.reward_timeout, (int, float))
+            or not self.reward_timeout > 0
+        ):
+            raise InputError(
+                f"reward_timeout must be a number of seconds > 0, got {self.reward_timeout!r}", field="reward_timeout"
+            )
+        if self.reward_monitor not in ("judge", "none"):
+            raise InputError(
+                f"reward_monitor must be 'judge' or 'none', got {self.reward_monitor!r}", field="reward_monitor"
+            )
 
     # derived views
     def dr_config(self) -> DRConfig:
@@ -143,21 +384,30 @@ class RLConfig:
         return {k: v for k, v in self.to_dict().items() if k not in self.LOGISTICS}
 
     @classmethod
-    def from_dict(cls, d: dict,  # e.g. a params.yaml section
-                  file=None,  # where `d` came from, for error messages
-                  ) -> "RLConfig":
+    def from_dict(
+        cls,
+        d: dict,  # e.g. a params.yaml section
+        file=None,  # where `d` came from, for error messages
+    ) -> "RLConfig":
         "Build from a dict; unknown keys are an error naming the key and the file."
         known = {f.name for f in fields(cls)}
         for k in d:
-            if k not in known: raise InputError(f"unknown RL config key {k!r} (known: {', '.join(sorted(known))})", file=file, field=str(k))
+            if k not in known:
+                raise InputError(
+                    f"unknown RL config key {k!r} (known: {', '.join(sorted(known))})", file=file, field=str(k)
+                )
         d = dict(d)
         for f in fields(cls):  # YAML 1.1 reads 3e-5 (no dot) as a string: accept numeric strings for float fields
             if isinstance(f.default, float) and isinstance(d.get(f.name), str):
-                try: d[f.name] = float(d[f.name])
-                except ValueError: pass
-        try: return cls(**d)
+                try:
+                    d[f.name] = float(d[f.name])
+                except ValueError:
+                    pass
+        try:
+            return cls(**d)
         except InputError as e:
-            if e.file is None and file is not None: raise InputError(e.msg, file=file, field=e.field) from None
+            if e.file is None and file is not None:
+                raise InputError(e.msg, file=file, field=e.field) from None
             raise
 
 # %% ../../nbs/rl/07_config.ipynb #15fd82ae
@@ -171,15 +421,32 @@ PRESETS: dict[str, dict] = {
     "maskfocus_no_dr": {"dr": {"enabled": False}},
     # MaskGRPO (paper §9 + t2i script): mu = 6 inner updates per rollout, iteration j re-masks the final map with a
     # seeded ratio min(0.8 + 0.2 (j+1)/6, 0.999), per-token ratio clipped at 0.2, beta 0.01, token mean over the batch.
-    "maskgrpo": {"estimator": "remask_schedule", "mu": 6, "min_mask_rate": 0.8, "clip": (0.2, 0.2), "beta": 0.01,
-                 "token_mean": "batch", "adv_eps": 1e-5, "dr": {"enabled": False}},
+    "maskgrpo": {
+        "estimator": "remask_schedule",
+        "mu": 6,
+        "min_mask_rate": 0.8,
+        "clip": (0.2, 0.2),
+        "beta": 0.01,
+        "token_mean": "batch",
+        "adv_eps": 1e-5,
+        "dr": {"enabled": False},
+    },
     # Mask-GRPO (paper §10): the exact transition of every step of the trajectory (candidate 1), one ratio per step
     # clipped to [0.9, 1.2], loss divided by the number of steps, no KL (so no reference model), no DR.
-    "mask_grpo": {"estimator": "trajectory_replay", "candidate": 1, "strategy": "all", "clip": (0.1, 0.2),
-                  "ratio_level": "step", "step_loss": "mean", "beta": 0.0, "dr": {"enabled": False}},
+    "mask_grpo": {
+        "estimator": "trajectory_replay",
+        "candidate": 1,
+        "strategy": "all",
+        "clip": (0.1, 0.2),
+        "ratio_level": "step",
+        "step_loss": "mean",
+        "beta": 0.0,
+        "dr": {"enabled": False},
+    },
     # Fig. 5 "step selection": K steps uniformly at random over the whole trajectory (MaskFocus's other knobs kept).
     "random_steps": {"strategy": "random"},
 }
+
 
 def _merge(base: dict, over: dict, file=None) -> dict:
     out = dict(base)
@@ -187,18 +454,28 @@ def _merge(base: dict, over: dict, file=None) -> dict:
         k = str(k)
         if "." in k:  # dotted key from the command line, e.g. dr.enabled=false
             head, rest = k.split(".", 1)
-            if head not in ("dr", "reward", "reward_servers"): raise InputError(f"unknown RL config key {k!r} (only dr.*, reward.* and reward_servers.* may be dotted)", file=file, field=k)
+            if head not in ("dr", "reward", "reward_servers"):
+                raise InputError(
+                    f"unknown RL config key {k!r} (only dr.*, reward.* and reward_servers.* may be dotted)",
+                    file=file,
+                    field=k,
+                )
             out[head] = {**(out.get(head) or {}), rest: v}
-        elif k == "dr" and isinstance(v, dict): out["dr"] = {**(out.get("dr") or {}), **v}
-        else: out[k] = v
+        elif k == "dr" and isinstance(v, dict):
+            out["dr"] = {**(out.get("dr") or {}), **v}
+        else:
+            out[k] = v
     return out
 
-def make_config(preset: str = "maskfocus",  # a key of PRESETS
-                overrides: dict | None = None,  # e.g. a params.yaml section or parsed --set pairs; `dr` merges key by key
-                file=None,  # where the overrides came from (named in errors)
-                ) -> RLConfig:
+
+def make_config(
+    preset: str = "maskfocus",  # a key of PRESETS
+    overrides: dict | None = None,  # e.g. a params.yaml section or parsed --set pairs; `dr` merges key by key
+    file=None,  # where the overrides came from (named in errors)
+) -> RLConfig:
     "A preset's RLConfig with overrides applied; unknown presets or keys are an InputError naming them."
-    if preset not in PRESETS: raise InputError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})", file=file, field="preset")
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})", file=file, field="preset")
     d0 = RLConfig()
     base = {f.name: getattr(d0, f.name) for f in fields(RLConfig)}
     d = _merge(_merge(base, PRESETS[preset]), dict(overrides or {}), file)
@@ -208,23 +485,32 @@ def make_config(preset: str = "maskfocus",  # a key of PRESETS
 def trained_steps(cfg: RLConfig) -> int:
     "How many planned steps (forward + backward passes) one inner iteration trains per sample."
     from maskfocus.rl.css import num_eligible, parse_strategy
-    if cfg.estimator == "remask_schedule": return 1
+
+    if cfg.estimator == "remask_schedule":
+        return 1
     name, arg = parse_strategy(cfg.strategy)
-    if name == "all": return cfg.steps if cfg.estimator == "trajectory_replay" else num_eligible(cfg.steps, cfg.alignment)
+    if name == "all":
+        return cfg.steps if cfg.estimator == "trajectory_replay" else num_eligible(cfg.steps, cfg.alignment)
     return cfg.K
 
-def derived_budgets(cfg: RLConfig,  # the run's configuration
-                    world_size: int = 1,  # number of processes
-                    hw: int | None = None,  # tokens per image (toy: 64); adds token counts when given
-                    ) -> dict:
+
+def derived_budgets(
+    cfg: RLConfig,  # the run's configuration
+    world_size: int = 1,  # number of processes
+    hw: int | None = None,  # tokens per image (toy: 64); adds token counts when given
+) -> dict:
     "Per-process and per-iteration budgets implied by a configuration; inconsistent settings are InputErrors."
     from maskfocus.rl.css import num_eligible, parse_strategy
+
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise InputError(f"world_size must be a positive int, got {world_size!r}", field="world_size")
     total = cfg.prompts_per_iter * cfg.group_size
     if total % world_size:
-        raise InputError(f"prompts_per_iter x group_size = {cfg.prompts_per_iter} x {cfg.group_size} = {total} samples cannot be split "
-                         f"evenly over {world_size} processes", field="prompts_per_iter")
+        raise InputError(
+            f"prompts_per_iter x group_size = {cfg.prompts_per_iter} x {cfg.group_size} = {total} samples cannot be split "
+            f"evenly over {world_size} processes",
+            field="prompts_per_iter",
+        )
     S = total // world_size
     name, arg = parse_strategy(cfg.strategy)
     if cfg.estimator != "remask_schedule" and name != "all":
@@ -233,7 +519,11 @@ def derived_budgets(cfg: RLConfig,  # the run's configuration
         if name in ("random_early", "early_window"):
             f = arg if arg is not None else (cfg.p if name == "random_early" else cfg.frac)
             W = min(E, math.ceil(f * cfg.steps - 1e-9))
-        if cfg.K > W: raise InputError(f"K={cfg.K} but strategy {cfg.strategy!r} can choose among {W} steps (N={cfg.steps}, alignment {cfg.alignment!r})", field="K")
+        if cfg.K > W:
+            raise InputError(
+                f"K={cfg.K} but strategy {cfg.strategy!r} can choose among {W} steps (N={cfg.steps}, alignment {cfg.alignment!r})",
+                field="K",
+            )
     spans = S % cfg.group_size != 0
     segments = len(layout_segments(cfg.prompts_per_iter, cfg.group_size, world_size, 0))
     guided = cfg.cfg not in (0, 1)
@@ -241,27 +531,49 @@ def derived_budgets(cfg: RLConfig,  # the run's configuration
     ref = (cfg.mu if cfg.estimator == "remask_schedule" else T) if cfg.beta > 0 else 0
     old = cfg.mu - 1 if cfg.estimator == "remask_schedule" else 0
     grad = cfg.mu * T
-    b = {"world_size": world_size, "global_prompts": cfg.prompts_per_iter, "global_samples": total, "samples_per_process": S,
-         "prompts_per_process": total / world_size / cfg.group_size, "groups_span_processes": spans,
-         "rollout_segments_per_process": segments, "rollouts_per_iteration": total, "rollouts_total": total * cfg.iterations,
-         "rollout_model_calls": segments * cfg.steps, "rollout_rows": cfg.steps * S * (2 if guided else 1),
-         "trained_steps_per_sample": T, "optimizer_steps_per_iteration": cfg.mu, "optimizer_steps_total": cfg.mu * cfg.iterations,
-         "update_grad_forwards": grad, "update_ref_forwards": ref, "update_old_forwards": old,
-         "update_rows": (grad + ref + old) * S, "reference_model": cfg.beta > 0}
-    if hw is not None: b["max_scored_tokens_per_update"] = T * S * hw
+    b = {
+        "world_size": world_size,
+        "global_prompts": cfg.prompts_per_iter,
+        "global_samples": total,
+        "samples_per_process": S,
+        "prompts_per_process": total / world_size / cfg.group_size,
+        "groups_span_processes": spans,
+        "rollout_segments_per_process": segments,
+        "rollouts_per_iteration": total,
+        "rollouts_total": total * cfg.iterations,
+        "rollout_model_calls": segments * cfg.steps,
+        "rollout_rows": cfg.steps * S * (2 if guided else 1),
+        "trained_steps_per_sample": T,
+        "optimizer_steps_per_iteration": cfg.mu,
+        "optimizer_steps_total": cfg.mu * cfg.iterations,
+        "update_grad_forwards": grad,
+        "update_ref_forwards": ref,
+        "update_old_forwards": old,
+        "update_rows": (grad + ref + old) * S,
+        "reference_model": cfg.beta > 0,
+    }
+    if hw is not None:
+        b["max_scored_tokens_per_update"] = T * S * hw
     return b
 
-def layout_segments(prompts_per_iter: int,  # global prompts per iteration
-                    group_size: int,  # G
-                    world_size: int,  # W processes
-                    rank: int,  # this process
-                    ) -> list[tuple[int, int, int]]:  # [(group, lo, hi)] global sample indices [lo, hi) of each local group part
+
+def layout_segments(
+    prompts_per_iter: int,  # global prompts per iteration
+    group_size: int,  # G
+    world_size: int,  # W processes
+    rank: int,  # this process
+) -> list[tuple[int, int, int]]:  # [(group, lo, hi)] global sample indices [lo, hi) of each local group part
     "The groups (or parts of groups) of process `rank`: the global samples are prompt-major, each process a contiguous slice."
     total = prompts_per_iter * group_size
-    if total % world_size: raise InputError(f"{total} samples cannot be split over {world_size} processes", field="prompts_per_iter")
+    if total % world_size:
+        raise InputError(f"{total} samples cannot be split over {world_size} processes", field="prompts_per_iter")
     S = total // world_size
     lo, hi = rank * S, (rank + 1) * S
-    return [(g, max(lo, g * group_size), min(hi, (g + 1) * group_size)) for g in range(lo // group_size, (hi - 1) // group_size + 1)]
+    return [
+        (g, max(lo, g * group_size), min(hi, (g + 1) * group_size))
+        for g in range(lo // group_size, (hi - 1) // group_size + 1)
+    ]
+
 
 def format_budgets(b: dict) -> str:  # from `derived_budgets`
     "One line per budget, for the start of a run."

@@ -23,17 +23,21 @@ __all__ = ['Alignment', 'STRATEGIES', 'num_eligible', 'step_similarity', 'inform
 # %% ../../nbs/rl/04_css.ipynb #433ea39d
 Alignment = Literal["paper_code", "consistent"]
 
-def num_eligible(N: int,  # sampling steps
-                 alignment: Alignment = "paper_code",  # "paper_code": V for 0..N-3; "consistent": V for 0..N-2
-                 ) -> int:  # number of steps that can be selected (steps 0..E-1)
+
+def num_eligible(
+    N: int,  # sampling steps
+    alignment: Alignment = "paper_code",  # "paper_code": V for 0..N-3; "consistent": V for 0..N-2
+) -> int:  # number of steps that can be selected (steps 0..E-1)
     "How many steps can be selected: N-2 with the code's alignment, N-1 with the consistent one (never below 0)."
     if alignment not in ("paper_code", "consistent"):
         raise InputError(f"alignment must be 'paper_code' or 'consistent', got {alignment!r}", field="alignment")
     return max(0, N - 2 if alignment == "paper_code" else N - 1)
 
-def step_similarity(traj: Trajectory,  # a recorded rollout
-                    tokenizer,  # anything with embed(ids [B,h,w] int64) -> [B,C,h,w] (PatchTokenizer, VQTokenizer)
-                    ) -> torch.Tensor:  # S [N, B] float32, S[N-1] = 1
+
+def step_similarity(
+    traj: Trajectory,  # a recorded rollout
+    tokenizer,  # anything with embed(ids [B,h,w] int64) -> [B,C,h,w] (PatchTokenizer, VQTokenizer)
+) -> torch.Tensor:  # S [N, B] float32, S[N-1] = 1
     "S[s, b] = cos(E_s, E_final) of sample b, E = codebook embedding of x0_hat(s), flattened over C·h·w; one step at a time."
     N, B = traj.num_steps, traj.batch_size
     H, W = traj.grid
@@ -44,71 +48,95 @@ def step_similarity(traj: Trajectory,  # a recorded rollout
         S[s] = F.cosine_similarity(e, ef, dim=1)
     return S
 
-def information_gain(S: torch.Tensor,  # [N, B] (or [N]) step similarities
-                     alignment: Alignment = "paper_code",  # which steps are defined, see `num_eligible`
-                     ) -> torch.Tensor:  # V [E, B] (or [E]), E = num_eligible(N)
+
+def information_gain(
+    S: torch.Tensor,  # [N, B] (or [N]) step similarities
+    alignment: Alignment = "paper_code",  # which steps are defined, see `num_eligible`
+) -> torch.Tensor:  # V [E, B] (or [E]), E = num_eligible(N)
     "V_s = |S_{s+1} - S_s| for s = 0..E-1 (paper Eq. 5)."
     E = num_eligible(S.shape[0], alignment)
-    return (S[1:E + 1] - S[:E]).abs()
+    return (S[1 : E + 1] - S[:E]).abs()
 
 # %% ../../nbs/rl/04_css.ipynb #ddac300a
 STRATEGIES = ("critical", "random", "random_early", "early_window", "uniform", "all")
 
+
 @dataclass
 class Selection:
     "The steps chosen for the policy update of one rollout batch."
+
     steps: torch.Tensor  # [B, K] int64, sorted ascending per sample (per-group selection repeats the group's steps)
     S: torch.Tensor | None  # [N, B] similarities when computed
     V: torch.Tensor | None  # [E, B] information gain used for ranking (E = N-2 with the paper-code alignment)
 
-def parse_strategy(strategy: str,  # e.g. "critical", "random_early", "random_early(0.3)", "early_window(0.25)"
-                   ) -> tuple[str, float | None]:  # (name, parameter or None)
+
+def parse_strategy(
+    strategy: str,  # e.g. "critical", "random_early", "random_early(0.3)", "early_window(0.25)"
+) -> tuple[str, float | None]:  # (name, parameter or None)
     "Split a strategy spec into its name and optional parameter."
     m = re.fullmatch(r"\s*([a-z_]+)\s*(?:\(\s*([0-9.eE+-]+)\s*\))?\s*", strategy) if isinstance(strategy, str) else None
-    if not m or m.group(1) not in STRATEGIES or (m.group(2) is not None and m.group(1) not in ("random_early", "early_window")):
-        raise InputError(f"unknown step-selection strategy {strategy!r} (known: {', '.join(STRATEGIES)}; "
-                         "random_early(p) and early_window(frac) take a fraction)", field="strategy")
-    try: return m.group(1), (float(m.group(2)) if m.group(2) is not None else None)
-    except ValueError: raise InputError(f"bad parameter in {strategy!r}", field="strategy") from None
+    if (
+        not m
+        or m.group(1) not in STRATEGIES
+        or (m.group(2) is not None and m.group(1) not in ("random_early", "early_window"))
+    ):
+        raise InputError(
+            f"unknown step-selection strategy {strategy!r} (known: {', '.join(STRATEGIES)}; "
+            "random_early(p) and early_window(frac) take a fraction)",
+            field="strategy",
+        )
+    try:
+        return m.group(1), (float(m.group(2)) if m.group(2) is not None else None)
+    except ValueError:
+        raise InputError(f"bad parameter in {strategy!r}", field="strategy") from None
+
 
 def _spread(W: int, K: int) -> torch.Tensor:
     return torch.floor(torch.linspace(0, W - 1, K, dtype=torch.float64) + 0.5).long()
 
-def pick_steps(N: int,  # sampling steps of the rollout
-               B: int,  # samples
-               group_size: int,  # G (consecutive samples share a prompt)
-               K: int | None,  # steps to pick (ignored by "all")
-               strategy: str = "critical",  # see STRATEGIES; "random_early(p)" / "early_window(frac)" also accepted
-               per: Literal["group", "sample"] = "group",  # rank/draw per prompt group (code) or per sample
-               generator: torch.Generator | None = None,  # randomness of the random strategies (None: global RNG)
-               S: torch.Tensor | None = None,  # [N, B] step similarities (required by "critical")
-               p: float = 0.4,  # random_early: fraction of the N steps the draw comes from
-               frac: float = 0.2,  # early_window: fraction of the N steps covered by the window
-               alignment: Alignment = "paper_code",  # which steps are eligible, see `num_eligible`
-               device: str | torch.device | None = None,  # where the steps go (default: S's device, else CPU)
-               ) -> Selection:
+
+def pick_steps(
+    N: int,  # sampling steps of the rollout
+    B: int,  # samples
+    group_size: int,  # G (consecutive samples share a prompt)
+    K: int | None,  # steps to pick (ignored by "all")
+    strategy: str = "critical",  # see STRATEGIES; "random_early(p)" / "early_window(frac)" also accepted
+    per: Literal["group", "sample"] = "group",  # rank/draw per prompt group (code) or per sample
+    generator: torch.Generator | None = None,  # randomness of the random strategies (None: global RNG)
+    S: torch.Tensor | None = None,  # [N, B] step similarities (required by "critical")
+    p: float = 0.4,  # random_early: fraction of the N steps the draw comes from
+    frac: float = 0.2,  # early_window: fraction of the N steps covered by the window
+    alignment: Alignment = "paper_code",  # which steps are eligible, see `num_eligible`
+    device: str | torch.device | None = None,  # where the steps go (default: S's device, else CPU)
+) -> Selection:
     "Choose the training steps of every sample from the step similarities (or without them)."
     name, arg = parse_strategy(strategy)
-    if per not in ("group", "sample"): raise InputError(f"per must be 'group' or 'sample', got {per!r}", field="per")
+    if per not in ("group", "sample"):
+        raise InputError(f"per must be 'group' or 'sample', got {per!r}", field="per")
     if not isinstance(group_size, int) or group_size < 1 or B % group_size:
         raise InputError(f"group_size must be a positive int dividing B={B}, got {group_size!r}", field="group_size")
     E = num_eligible(N, alignment)
     device = device if device is not None else (S.device if S is not None else "cpu")
     G = group_size if per == "group" else 1
     R = B // G  # independent rows (groups or samples)
-    if name == "all": K = E
+    if name == "all":
+        K = E
     if not isinstance(K, int) or isinstance(K, bool) or K < 1:
         raise InputError(f"K must be a positive int, got {K!r}", field="K")
     W = E
     if name in ("random_early", "early_window"):
         f = arg if arg is not None else (p if name == "random_early" else frac)
-        if not 0 < f <= 1: raise InputError(f"the {name} fraction must lie in (0, 1], got {f}", field="strategy")
+        if not 0 < f <= 1:
+            raise InputError(f"the {name} fraction must lie in (0, 1], got {f}", field="strategy")
         W = min(E, math.ceil(f * N - 1e-9))
     if K > W:
-        raise InputError(f"K={K} steps asked but strategy {strategy!r} allows only {W} (N={N}, alignment={alignment!r})", field="K")
+        raise InputError(
+            f"K={K} steps asked but strategy {strategy!r} allows only {W} (N={N}, alignment={alignment!r})", field="K"
+        )
     V = None
     if name == "critical":
-        if S is None or tuple(S.shape) != (N, B): raise InputError(f"critical selection needs S [N, B] = [{N}, {B}]", field="S")
+        if S is None or tuple(S.shape) != (N, B):
+            raise InputError(f"critical selection needs S [N, B] = [{N}, {B}]", field="S")
         Sr = S.float().reshape(N, R, G).mean(-1)  # [N, R]
         Vr = information_gain(Sr, alignment)  # [E, R]
         rows = Vr.T.argsort(dim=1, descending=True, stable=True)[:, :K].sort(dim=1).values
@@ -120,47 +148,69 @@ def pick_steps(N: int,  # sampling steps of the rollout
         rows = _spread(W, K).to(device).expand(R, K)
     return Selection(steps=rows.to(device).repeat_interleave(G, dim=0).contiguous(), S=S, V=V)
 
-def select_steps(traj: Trajectory,  # the recorded rollout
-                 tokenizer,  # with embed(ids) (only used by "critical"; may be None otherwise)
-                 K: int | None,  # steps per sample (MaskFocus: 6); ignored by "all"
-                 strategy: str = "critical",  # see STRATEGIES
-                 per: Literal["group", "sample"] = "group",  # per prompt group (code) or per sample
-                 generator: torch.Generator | None = None,  # randomness of the random strategies
-                 p: float = 0.4,  # random_early fraction
-                 frac: float = 0.2,  # early_window fraction
-                 alignment: Alignment = "paper_code",  # see `num_eligible`, `train_timestep`
-                 ) -> Selection:
+
+def select_steps(
+    traj: Trajectory,  # the recorded rollout
+    tokenizer,  # with embed(ids) (only used by "critical"; may be None otherwise)
+    K: int | None,  # steps per sample (MaskFocus: 6); ignored by "all"
+    strategy: str = "critical",  # see STRATEGIES
+    per: Literal["group", "sample"] = "group",  # per prompt group (code) or per sample
+    generator: torch.Generator | None = None,  # randomness of the random strategies
+    p: float = 0.4,  # random_early fraction
+    frac: float = 0.2,  # early_window fraction
+    alignment: Alignment = "paper_code",  # see `num_eligible`, `train_timestep`
+) -> Selection:
     "Critical Step Selection (or an ablation) on a trajectory: S is computed only when the strategy needs it."
     name, _ = parse_strategy(strategy)
     S = step_similarity(traj, tokenizer) if name == "critical" else None
-    return pick_steps(traj.num_steps, traj.batch_size, traj.group_size, K, strategy, per, generator, S=S, p=p, frac=frac,
-                      alignment=alignment, device=traj.tokens.device)
+    return pick_steps(
+        traj.num_steps,
+        traj.batch_size,
+        traj.group_size,
+        K,
+        strategy,
+        per,
+        generator,
+        S=S,
+        p=p,
+        frac=frac,
+        alignment=alignment,
+        device=traj.tokens.device,
+    )
 
 # %% ../../nbs/rl/04_css.ipynb #1c98e22e
-def train_mask_count(traj: Trajectory,  # the rollout
-                     steps: torch.Tensor,  # [B, K] or [B] selected steps
-                     alignment: Alignment = "paper_code",  # both alignments use the count after step s
-                     ) -> torch.Tensor:  # same shape, int64
+def train_mask_count(
+    traj: Trajectory,  # the rollout
+    steps: torch.Tensor,  # [B, K] or [B] selected steps
+    alignment: Alignment = "paper_code",  # both alignments use the count after step s
+) -> torch.Tensor:  # same shape, int64
     "Mask count a selected step is trained with: the masks left after step s (`n_masked_after`)."
     num_eligible(traj.num_steps, alignment)  # validates the name
     return traj.n_masked_after(steps)
 
-def train_timestep(traj: Trajectory,  # the rollout
-                   steps: torch.Tensor,  # [B, K] or [B] selected steps
-                   alignment: Alignment = "paper_code",  # "paper_code": timestep of step s; "consistent": of step s+1
-                   ) -> torch.Tensor:  # same shape, int64
+
+def train_timestep(
+    traj: Trajectory,  # the rollout
+    steps: torch.Tensor,  # [B, K] or [B] selected steps
+    alignment: Alignment = "paper_code",  # "paper_code": timestep of step s; "consistent": of step s+1
+) -> torch.Tensor:  # same shape, int64
     "Model timestep a selected step is trained with (the code: N-1-s; consistent: N-2-s, the step that saw that mask)."
     num_eligible(traj.num_steps, alignment)  # validates the name
     shift = 0 if alignment == "paper_code" else 1
     idx = steps.to(traj.timesteps.device).long() + shift
     if (idx < 0).any() or (idx >= traj.num_steps).any():
-        raise InputError(f"steps must lie in 0..{num_eligible(traj.num_steps, alignment) - 1} for alignment {alignment!r}", field="steps")
+        raise InputError(
+            f"steps must lie in 0..{num_eligible(traj.num_steps, alignment) - 1} for alignment {alignment!r}",
+            field="steps",
+        )
     return traj.timesteps[idx]
 
-def train_mask(traj: Trajectory,  # the rollout
-               step: int | torch.Tensor,  # a step or one per sample [B] (a column of Selection.steps)
-               alignment: Alignment = "paper_code",  # both alignments use the mask after step s
-               ) -> torch.Tensor:  # [B, HW] bool
+
+def train_mask(
+    traj: Trajectory,  # the rollout
+    step: int | torch.Tensor,  # a step or one per sample [B] (a column of Selection.steps)
+    alignment: Alignment = "paper_code",  # both alignments use the mask after step s
+) -> torch.Tensor:  # [B, HW] bool
     "The trajectory's own mask for a selected step: the positions still masked after step s."
     num_eligible(traj.num_steps, alignment)
     return traj.masked_after(step)

@@ -19,18 +19,22 @@ __all__ = ['Scaling', 'group_advantages', 'gathered_advantages', 'k3_kl', 'maske
 # %% ../../nbs/rl/06_grpo.ipynb #9dc8285e
 Scaling = Literal["group", "batch", "none"]
 
-def group_advantages(rewards: torch.Tensor,  # [B] rewards, groups of G consecutive samples
-                     group_size: int,  # G
-                     scaling: Scaling = "group",  # "group": / group std; "batch": / batch std; "none": centred only
-                     eps: float = 1e-4,  # added to the std (MaskFocus code: 1e-4)
-                     ) -> tuple[torch.Tensor, dict]:  # (advantages [B] float32, info)
+
+def group_advantages(
+    rewards: torch.Tensor,  # [B] rewards, groups of G consecutive samples
+    group_size: int,  # G
+    scaling: Scaling = "group",  # "group": / group std; "batch": / batch std; "none": centred only
+    eps: float = 1e-4,  # added to the std (MaskFocus code: 1e-4)
+) -> tuple[torch.Tensor, dict]:  # (advantages [B] float32, info)
     "GRPO advantages: rewards centred on their group mean and scaled by the (unbiased) std; equal-reward groups get 0."
     r = torch.as_tensor(rewards).float()
-    if r.ndim != 1 or not r.numel(): raise InputError(f"rewards must be a non-empty [B] tensor, got {tuple(r.shape)}", field="rewards")
+    if r.ndim != 1 or not r.numel():
+        raise InputError(f"rewards must be a non-empty [B] tensor, got {tuple(r.shape)}", field="rewards")
     B = r.shape[0]
     if not isinstance(group_size, int) or group_size < 1 or B % group_size:
         raise InputError(f"group_size must be a positive int dividing B={B}, got {group_size!r}", field="group_size")
-    if scaling not in ("group", "batch", "none"): raise InputError(f"scaling must be 'group', 'batch' or 'none', got {scaling!r}", field="scaling")
+    if scaling not in ("group", "batch", "none"):
+        raise InputError(f"scaling must be 'group', 'batch' or 'none', got {scaling!r}", field="scaling")
     rg = r.reshape(-1, group_size)
     zero = (rg.amax(1) == rg.amin(1))[:, None]  # [R, 1] all rewards of the group equal
     std = rg.std(1, keepdim=True) if group_size > 1 else torch.zeros_like(rg[:, :1])
@@ -38,69 +42,94 @@ def group_advantages(rewards: torch.Tensor,  # [B] rewards, groups of G consecut
     centred = rg - rg.mean(1, keepdim=True)
     adv = centred / (std + eps) if scaling == "group" else centred / (bstd + eps) if scaling == "batch" else centred
     adv = adv.masked_fill(zero, 0.0).reshape(B)
-    info = {"zero_std_frac": float(zero.float().mean()), "reward_mean": float(r.mean()), "reward_std": float(std.mean()),
-            "batch_std": float(bstd)}
+    info = {
+        "zero_std_frac": float(zero.float().mean()),
+        "reward_mean": float(r.mean()),
+        "reward_std": float(std.mean()),
+        "batch_std": float(bstd),
+    }
     return adv, info
 
-def gathered_advantages(all_rewards: torch.Tensor,  # [P·B] rewards gathered across processes (accelerate's gather: process order)
-                        group_size: int,  # G (groups may span processes; P·B must be a multiple of G)
-                        process_index: int,  # this process's rank
-                        num_processes: int,  # P
-                        scaling: Scaling = "group",  # see `group_advantages`
-                        eps: float = 1e-4,  # see `group_advantages`
-                        ) -> tuple[torch.Tensor, dict]:  # (this process's advantages [B], info on the whole gathered batch)
+
+def gathered_advantages(
+    all_rewards: torch.Tensor,  # [P·B] rewards gathered across processes (accelerate's gather: process order)
+    group_size: int,  # G (groups may span processes; P·B must be a multiple of G)
+    process_index: int,  # this process's rank
+    num_processes: int,  # P
+    scaling: Scaling = "group",  # see `group_advantages`
+    eps: float = 1e-4,  # see `group_advantages`
+) -> tuple[torch.Tensor, dict]:  # (this process's advantages [B], info on the whole gathered batch)
     "Advantages computed on rewards already gathered across processes, sliced back to this process's rows."
     n = torch.as_tensor(all_rewards).shape[0]
     if num_processes < 1 or n % num_processes or not 0 <= process_index < num_processes:
-        raise InputError(f"{n} gathered rewards cannot be split over {num_processes} processes (rank {process_index})", field="num_processes")
+        raise InputError(
+            f"{n} gathered rewards cannot be split over {num_processes} processes (rank {process_index})",
+            field="num_processes",
+        )
     adv, info = group_advantages(all_rewards, group_size, scaling, eps)
     b = n // num_processes
-    return adv[process_index * b:(process_index + 1) * b], info
+    return adv[process_index * b : (process_index + 1) * b], info
 
 # %% ../../nbs/rl/06_grpo.ipynb #48aea18c
-def k3_kl(logp: torch.Tensor,  # log-probs of the current policy (any shape)
-          logp_ref: torch.Tensor,  # log-probs of the reference policy (same shape)
-          ) -> torch.Tensor:  # same shape, >= 0
+def k3_kl(
+    logp: torch.Tensor,  # log-probs of the current policy (any shape)
+    logp_ref: torch.Tensor,  # log-probs of the reference policy (same shape)
+) -> torch.Tensor:  # same shape, >= 0
     "Per-token k3 KL estimate exp(ref - logp) - (ref - logp) - 1."
     d = logp_ref - logp
     return torch.expm1(d) - d
 
 # %% ../../nbs/rl/06_grpo.ipynb #6552effe
-def masked_mean(x: torch.Tensor,  # [B, HW] values
-                mask: torch.Tensor,  # [B, HW] bool
-                token_mean: Literal["batch", "sample"] = "batch",  # over all masked tokens, or per sample then over samples
-                ) -> torch.Tensor:  # scalar
+def masked_mean(
+    x: torch.Tensor,  # [B, HW] values
+    mask: torch.Tensor,  # [B, HW] bool
+    token_mean: Literal["batch", "sample"] = "batch",  # over all masked tokens, or per sample then over samples
+) -> torch.Tensor:  # scalar
     "Mean of x over the masked positions (0 where there are none)."
     xm = torch.where(mask, x, torch.zeros_like(x))
-    if token_mean == "batch": return xm.sum() / mask.sum().clamp(min=1)
-    if token_mean == "sample": return (xm.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    if token_mean == "batch":
+        return xm.sum() / mask.sum().clamp(min=1)
+    if token_mean == "sample":
+        return (xm.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
     raise InputError(f"token_mean must be 'batch' or 'sample', got {token_mean!r}", field="token_mean")
+
 
 def _entropy(logits):  # [B, V, H, W] -> [B, HW] nats
     B, V = logits.shape[:2]
     return torch.special.entr(logits.detach().float().reshape(B, V, -1).softmax(1)).sum(1)
 
-def grpo_loss(logp: torch.Tensor,  # [B, HW] current policy log-probs (with grad)
-              logp_old: torch.Tensor,  # [B, HW] rollout-policy log-probs (no grad; = logp.detach() on-policy)
-              adv: torch.Tensor,  # [B] advantages
-              mask: torch.Tensor,  # [B, HW] bool scored positions (StepBatch.score_mask)
-              logp_ref: torch.Tensor | None = None,  # [B, HW] frozen reference log-probs (None: no KL term)
-              beta: float = 0.01,  # KL weight (MaskFocus / MaskGRPO 0.01; Mask-GRPO 0)
-              clip: tuple[float, float] | None = (0.2, 0.2),  # (eps_low, eps_high): ratio clipped to [1-eps_low, 1+eps_high]; None: no clipping
-              ratio_level: Literal["token", "step"] = "token",  # per-token ratio, or one ratio per sample (sum of log-ratios)
-              token_mean: Literal["batch", "sample"] = "batch",  # how token terms are averaged, see `masked_mean`
-              logits: torch.Tensor | None = None,  # [B, V, H, W] the step's logits, for the entropy statistic only
-              max_log_ratio: float = 20.0,  # log-ratios are clamped to +-this before exp (overflow guard)
-              ) -> tuple[torch.Tensor, dict]:  # (scalar loss, stats)
+
+def grpo_loss(
+    logp: torch.Tensor,  # [B, HW] current policy log-probs (with grad)
+    logp_old: torch.Tensor,  # [B, HW] rollout-policy log-probs (no grad; = logp.detach() on-policy)
+    adv: torch.Tensor,  # [B] advantages
+    mask: torch.Tensor,  # [B, HW] bool scored positions (StepBatch.score_mask)
+    logp_ref: torch.Tensor | None = None,  # [B, HW] frozen reference log-probs (None: no KL term)
+    beta: float = 0.01,  # KL weight (MaskFocus / MaskGRPO 0.01; Mask-GRPO 0)
+    clip: tuple[float, float] | None = (
+        0.2,
+        0.2,
+    ),  # (eps_low, eps_high): ratio clipped to [1-eps_low, 1+eps_high]; None: no clipping
+    ratio_level: Literal["token", "step"] = "token",  # per-token ratio, or one ratio per sample (sum of log-ratios)
+    token_mean: Literal["batch", "sample"] = "batch",  # how token terms are averaged, see `masked_mean`
+    logits: torch.Tensor | None = None,  # [B, V, H, W] the step's logits, for the entropy statistic only
+    max_log_ratio: float = 20.0,  # log-ratios are clamped to +-this before exp (overflow guard)
+) -> tuple[torch.Tensor, dict]:  # (scalar loss, stats)
     "Clipped GRPO loss of one planned step, minus beta times the k3 KL, averaged over the scored tokens."
     if logp.ndim != 2 or logp_old.shape != logp.shape or mask.shape != logp.shape or mask.dtype != torch.bool:
-        raise InputError(f"logp, logp_old and mask (bool) must share a [B, HW] shape, got {tuple(logp.shape)}, {tuple(logp_old.shape)}, "
-                         f"{tuple(mask.shape)} {mask.dtype}", field="logp")
-    if logp_ref is not None and logp_ref.shape != logp.shape: raise InputError(f"logp_ref must be {tuple(logp.shape)}, got {tuple(logp_ref.shape)}", field="logp_ref")
+        raise InputError(
+            f"logp, logp_old and mask (bool) must share a [B, HW] shape, got {tuple(logp.shape)}, {tuple(logp_old.shape)}, "
+            f"{tuple(mask.shape)} {mask.dtype}",
+            field="logp",
+        )
+    if logp_ref is not None and logp_ref.shape != logp.shape:
+        raise InputError(f"logp_ref must be {tuple(logp.shape)}, got {tuple(logp_ref.shape)}", field="logp_ref")
     B = logp.shape[0]
     adv = torch.as_tensor(adv, device=logp.device).float()
-    if adv.shape != (B,): raise InputError(f"adv must be [B]=[{B}], got {tuple(adv.shape)}", field="adv")
-    if ratio_level not in ("token", "step"): raise InputError(f"ratio_level must be 'token' or 'step', got {ratio_level!r}", field="ratio_level")
+    if adv.shape != (B,):
+        raise InputError(f"adv must be [B]=[{B}], got {tuple(adv.shape)}", field="adv")
+    if ratio_level not in ("token", "step"):
+        raise InputError(f"ratio_level must be 'token' or 'step', got {ratio_level!r}", field="ratio_level")
     if clip is not None and (len(clip) != 2 or not 0 <= clip[0] < 1 or not clip[1] >= 0):
         raise InputError(f"clip must be None or (eps_low in [0,1), eps_high >= 0), got {clip!r}", field="clip")
     lr = torch.where(mask, logp.float() - logp_old.float(), torch.zeros_like(logp, dtype=torch.float32))
@@ -121,8 +150,15 @@ def grpo_loss(logp: torch.Tensor,  # [B, HW] current policy log-probs (with grad
     with torch.no_grad():
         rs = ratio[sel]
         nsel = max(int(sel.sum()), 1)
-        stats = {"loss": float(loss.detach()), "pg_loss": float(pg.detach()), "kl": float(masked_mean(kl, mask)) if kl is not None else 0.0,
-                 "clip_frac": float((binds & sel).sum()) / nsel, "ratio_mean": float(rs.mean()) if rs.numel() else 1.0,
-                 "ratio_max": float(rs.max()) if rs.numel() else 1.0, "n_tokens": int(mask.sum())}
-        if logits is not None: stats["entropy"] = float(masked_mean(_entropy(logits), mask))
+        stats = {
+            "loss": float(loss.detach()),
+            "pg_loss": float(pg.detach()),
+            "kl": float(masked_mean(kl, mask)) if kl is not None else 0.0,
+            "clip_frac": float((binds & sel).sum()) / nsel,
+            "ratio_mean": float(rs.mean()) if rs.numel() else 1.0,
+            "ratio_max": float(rs.max()) if rs.numel() else 1.0,
+            "n_tokens": int(mask.sum()),
+        }
+        if logits is not None:
+            stats["entropy"] = float(masked_mean(_entropy(logits), mask))
     return loss, stats

@@ -28,6 +28,7 @@ __all__ = ['Alignment', 'ESTIMATORS', 'StepBatch', 'Estimator', 'gather_logp', '
 @dataclass
 class StepBatch:
     "What one selected step feeds the model: one conditional forward pass over B samples, and what to score."
+
     inputs: torch.Tensor  # [B, H, W] int64 token map with mask ids
     timestep: torch.Tensor  # [B] int64 model timestep
     targets: torch.Tensor  # [B, HW] int64 tokens whose log-prob is scored
@@ -37,11 +38,19 @@ class StepBatch:
     def __post_init__(self):
         B = self.inputs.shape[0] if self.inputs.ndim == 3 else -1
         HW = math.prod(self.inputs.shape[1:]) if self.inputs.ndim == 3 else -1
-        if self.inputs.ndim != 3 or self.inputs.dtype != torch.long: raise InputError(f"inputs must be int64 [B,H,W], got {tuple(self.inputs.shape)} {self.inputs.dtype}", field="inputs")
-        if tuple(self.timestep.shape) != (B,): raise InputError(f"timestep must be [B]=[{B}], got {tuple(self.timestep.shape)}", field="timestep")
-        if tuple(self.targets.shape) != (B, HW): raise InputError(f"targets must be [B,HW]=[{B},{HW}], got {tuple(self.targets.shape)}", field="targets")
+        if self.inputs.ndim != 3 or self.inputs.dtype != torch.long:
+            raise InputError(
+                f"inputs must be int64 [B,H,W], got {tuple(self.inputs.shape)} {self.inputs.dtype}", field="inputs"
+            )
+        if tuple(self.timestep.shape) != (B,):
+            raise InputError(f"timestep must be [B]=[{B}], got {tuple(self.timestep.shape)}", field="timestep")
+        if tuple(self.targets.shape) != (B, HW):
+            raise InputError(f"targets must be [B,HW]=[{B},{HW}], got {tuple(self.targets.shape)}", field="targets")
         if tuple(self.score_mask.shape) != (B, HW) or self.score_mask.dtype != torch.bool:
-            raise InputError(f"score_mask must be bool [B,HW]=[{B},{HW}], got {tuple(self.score_mask.shape)} {self.score_mask.dtype}", field="score_mask")
+            raise InputError(
+                f"score_mask must be bool [B,HW]=[{B},{HW}], got {tuple(self.score_mask.shape)} {self.score_mask.dtype}",
+                field="score_mask",
+            )
 
     @property
     def n_tokens(self) -> torch.Tensor:  # [B] int64
@@ -51,19 +60,29 @@ class StepBatch:
     def to(self, device: str | torch.device) -> "StepBatch":  # where to move the tensors
         "A copy with every tensor (also in `extra`) on `device`."
         mv = lambda v: v.to(device) if isinstance(v, torch.Tensor) else v
-        return StepBatch(mv(self.inputs), mv(self.timestep), mv(self.targets), mv(self.score_mask), {k: mv(v) for k, v in self.extra.items()})
+        return StepBatch(
+            mv(self.inputs),
+            mv(self.timestep),
+            mv(self.targets),
+            mv(self.score_mask),
+            {k: mv(v) for k, v in self.extra.items()},
+        )
+
 
 @runtime_checkable
 class Estimator(Protocol):
     "How selected steps become model inputs (`plan`) and per-token log-probs (`token_logp`)."
+
     name: str
+
     def plan(self, traj, selection, generator: torch.Generator | None, inner: int = 0) -> list[StepBatch]: ...
     def token_logp(self, logits: torch.Tensor, batch: StepBatch) -> torch.Tensor: ...
 
 # %% ../../nbs/rl/05_logprob.ipynb #d12cec75
-def gather_logp(logits: torch.Tensor,  # [B, V, H, W] raw logits (any float dtype)
-                targets: torch.Tensor,  # [B, HW] int64 token ids in [0, V)
-                ) -> torch.Tensor:  # [B, HW] float32
+def gather_logp(
+    logits: torch.Tensor,  # [B, V, H, W] raw logits (any float dtype)
+    targets: torch.Tensor,  # [B, HW] int64 token ids in [0, V)
+) -> torch.Tensor:  # [B, HW] float32
     "log softmax(logits)[target] at every position, computed in float32."
     B, V = logits.shape[:2]
     return -F.cross_entropy(logits.float().reshape(B, V, -1), targets, reduction="none")
@@ -71,12 +90,16 @@ def gather_logp(logits: torch.Tensor,  # [B, V, H, W] raw logits (any float dtyp
 # %% ../../nbs/rl/05_logprob.ipynb #c7e1a738
 Alignment = Literal["paper_code", "consistent"]
 
-def _N(traj) -> int: return int(traj.timesteps.shape[0])
 
-def aligned_counts_timesteps(traj,  # a Trajectory (fields commit_step [B,HW], timesteps [N])
-                             steps: torch.Tensor,  # [B, K] selected steps (or [B])
-                             alignment: Alignment = "paper_code",  # "paper_code": timestep of s; "consistent": of s+1
-                             ) -> tuple[torch.Tensor, torch.Tensor]:  # (mask counts, timesteps), both like `steps`, int64
+def _N(traj) -> int:
+    return int(traj.timesteps.shape[0])
+
+
+def aligned_counts_timesteps(
+    traj,  # a Trajectory (fields commit_step [B,HW], timesteps [N])
+    steps: torch.Tensor,  # [B, K] selected steps (or [B])
+    alignment: Alignment = "paper_code",  # "paper_code": timestep of s; "consistent": of s+1
+) -> tuple[torch.Tensor, torch.Tensor]:  # (mask counts, timesteps), both like `steps`, int64
     "Mask count after step s and the timestep a selected step s is trained with."
     if alignment not in ("paper_code", "consistent"):
         raise InputError(f"alignment must be 'paper_code' or 'consistent', got {alignment!r}", field="alignment")
@@ -90,6 +113,7 @@ def aligned_counts_timesteps(traj,  # a Trajectory (fields commit_step [B,HW], t
     ts = traj.timesteps.to(dev)[s + (0 if alignment == "paper_code" else 1)]
     return counts, ts
 
+
 def _selected(selection, traj) -> torch.Tensor:
     st = selection.steps if hasattr(selection, "steps") else selection
     if not isinstance(st, torch.Tensor) or st.ndim != 2 or st.shape[0] != traj.tokens.shape[0]:
@@ -97,52 +121,73 @@ def _selected(selection, traj) -> torch.Tensor:
     return st.to(traj.tokens.device).long()
 
 # %% ../../nbs/rl/05_logprob.ipynb #085449fc
-def random_subsets(counts: torch.Tensor,  # [R] int64 set sizes (0..HW)
-                   HW: int,  # positions
-                   generator: torch.Generator | None,  # randomness (its device is where the numbers are drawn)
-                   device: str | torch.device,  # where the result goes
-                   ) -> torch.Tensor:  # [R, HW] bool, row r has exactly counts[r] True, uniformly at random
+def random_subsets(
+    counts: torch.Tensor,  # [R] int64 set sizes (0..HW)
+    HW: int,  # positions
+    generator: torch.Generator | None,  # randomness (its device is where the numbers are drawn)
+    device: str | torch.device,  # where the result goes
+) -> torch.Tensor:  # [R, HW] bool, row r has exactly counts[r] True, uniformly at random
     "R independent uniformly random subsets of {0..HW-1} of the given sizes, batched."
     gdev = generator.device if generator is not None else device
     u = torch.rand(counts.shape[0], HW, generator=generator, device=gdev).to(device)
     rank = u.argsort(1).argsort(1)  # a uniformly random permutation's ranks
     return rank < counts.to(device)[:, None]
 
+
 def _remasked_batch(traj, mask, timestep, mask_id, extra) -> StepBatch:
     B = traj.tokens.shape[0]
     H, W = traj.grid
     tok = traj.tokens.long()
-    return StepBatch(inputs=tok.masked_fill(mask, mask_id).reshape(B, H, W), timestep=timestep.long(), targets=tok,
-                     score_mask=mask, extra=extra)
+    return StepBatch(
+        inputs=tok.masked_fill(mask, mask_id).reshape(B, H, W),
+        timestep=timestep.long(),
+        targets=tok,
+        score_mask=mask,
+        extra=extra,
+    )
+
 
 def _override(x, steps, name):
-    if x is None: return None
+    if x is None:
+        return None
     x = torch.as_tensor(x, device=steps.device).long()
-    if x.shape != steps.shape: raise InputError(f"{name} must have the shape of selection.steps {tuple(steps.shape)}, got {tuple(x.shape)}", field=name)
+    if x.shape != steps.shape:
+        raise InputError(
+            f"{name} must have the shape of selection.steps {tuple(steps.shape)}, got {tuple(x.shape)}", field=name
+        )
     return x
+
 
 class _ScoresFinalTokens:
     "Estimators whose input is the final map with some positions re-masked: they score log p(final token)."
-    def token_logp(self, logits: torch.Tensor,  # [B, V, H, W]
-                   batch: StepBatch) -> torch.Tensor:  # [B, HW] float32
+
+    def token_logp(
+        self,
+        logits: torch.Tensor,  # [B, V, H, W]
+        batch: StepBatch,
+    ) -> torch.Tensor:  # [B, HW] float32
         "log p(final token) at every position."
         return gather_logp(logits, batch.targets)
+
 
 @dataclass
 class RemaskRandom(_ScoresFinalTokens):
     "MaskFocus: re-mask the final map at a random set of positions of the step's mask count; score them all."
+
     mask_id: int  # the model's mask token id (`model.mask_token_id`)
     shared_positions: bool = True  # one set for the batch, sized by sample 0 (paper code); False: a set per sample
     alignment: Alignment = "paper_code"  # timestep of step s (code) or of s+1 ("consistent"); count after s in both
     name: ClassVar[str] = "remask_random"
 
-    def plan(self, traj,  # a Trajectory
-             selection,  # a Selection (steps [B, K]) or the [B, K] steps tensor
-             generator: torch.Generator | None = None,  # randomness of the masks (None: global RNG)
-             inner: int = 0,  # ignored (plan once per rollout, reuse for old/ref/new and every inner iteration)
-             mask_counts: torch.Tensor | None = None,  # [B, K] override of the alignment rule's mask counts
-             timesteps: torch.Tensor | None = None,  # [B, K] override of the alignment rule's timesteps
-             ) -> list[StepBatch]:  # one per column k of selection.steps
+    def plan(
+        self,
+        traj,  # a Trajectory
+        selection,  # a Selection (steps [B, K]) or the [B, K] steps tensor
+        generator: torch.Generator | None = None,  # randomness of the masks (None: global RNG)
+        inner: int = 0,  # ignored (plan once per rollout, reuse for old/ref/new and every inner iteration)
+        mask_counts: torch.Tensor | None = None,  # [B, K] override of the alignment rule's mask counts
+        timesteps: torch.Tensor | None = None,  # [B, K] override of the alignment rule's timesteps
+    ) -> list[StepBatch]:  # one per column k of selection.steps
         "One StepBatch per selected step: final tokens masked at random positions."
         st = _selected(selection, traj)
         counts, ts = aligned_counts_timesteps(traj, st, self.alignment)
@@ -152,7 +197,11 @@ class RemaskRandom(_ScoresFinalTokens):
         dev, out = traj.tokens.device, []
         for k in range(st.shape[1]):
             n = counts[:, k]
-            m = random_subsets(n[:1], HW, generator, dev).expand(B, HW).contiguous() if self.shared_positions else random_subsets(n, HW, generator, dev)
+            m = (
+                random_subsets(n[:1], HW, generator, dev).expand(B, HW).contiguous()
+                if self.shared_positions
+                else random_subsets(n, HW, generator, dev)
+            )
             out.append(_remasked_batch(traj, m, ts[:, k], self.mask_id, {"step": st[:, k], "mask_count": m.sum(-1)}))
         return out
 
@@ -160,43 +209,62 @@ class RemaskRandom(_ScoresFinalTokens):
 @dataclass
 class TrajectoryMask(_ScoresFinalTokens):
     "Ablation: the final map masked with the trajectory's own mask after step s; score all masked positions."
+
     mask_id: int  # the model's mask token id
     alignment: Alignment = "paper_code"  # timestep of step s (code) or of s+1 ("consistent")
     name: ClassVar[str] = "trajectory_mask"
 
-    def plan(self, traj,  # a Trajectory
-             selection,  # a Selection (steps [B, K]) or the [B, K] steps tensor
-             generator: torch.Generator | None = None,  # unused (no randomness)
-             inner: int = 0,  # ignored
-             timesteps: torch.Tensor | None = None,  # [B, K] override of the alignment rule's timesteps
-             ) -> list[StepBatch]:  # one per column k
+    def plan(
+        self,
+        traj,  # a Trajectory
+        selection,  # a Selection (steps [B, K]) or the [B, K] steps tensor
+        generator: torch.Generator | None = None,  # unused (no randomness)
+        inner: int = 0,  # ignored
+        timesteps: torch.Tensor | None = None,  # [B, K] override of the alignment rule's timesteps
+    ) -> list[StepBatch]:  # one per column k
         "One StepBatch per selected step: final tokens masked where the trajectory was still masked after s."
         st = _selected(selection, traj)
         counts, ts = aligned_counts_timesteps(traj, st, self.alignment)
         ts = t if (t := _override(timesteps, st, "timesteps")) is not None else ts
         cs = traj.commit_step.long()
-        return [_remasked_batch(traj, cs > st[:, k:k + 1], ts[:, k], self.mask_id, {"step": st[:, k], "mask_count": counts[:, k]})
-                for k in range(st.shape[1])]
+        return [
+            _remasked_batch(
+                traj, cs > st[:, k : k + 1], ts[:, k], self.mask_id, {"step": st[:, k], "mask_count": counts[:, k]}
+            )
+            for k in range(st.shape[1])
+        ]
 
 # %% ../../nbs/rl/05_logprob.ipynb #41600589
-def step_logps(model: Callable,  # model(tokens [B,H,W], text_hidden, pooled, timestep [B], micro_conds [B,5]) -> logits [B,V,H,W]
-               batch: StepBatch,  # one planned step
-               text_hidden: torch.Tensor,  # [B, L, D] prompt states (conditional branch only)
-               pooled: torch.Tensor,  # [B, P] pooled prompt vectors
-               micro_conds: torch.Tensor,  # [B, 5] or [1, 5] micro-conditions
-               estimator: Estimator,  # turns the logits into per-token log-probs
-               return_logits: bool = False,  # also return the logits (e.g. for an entropy statistic)
-               ):  # [B, HW] float32 log-probs (meaningful at batch.score_mask), or (log-probs, logits)
+def step_logps(
+    model: Callable,  # model(tokens [B,H,W], text_hidden, pooled, timestep [B], micro_conds [B,5]) -> logits [B,V,H,W]
+    batch: StepBatch,  # one planned step
+    text_hidden: torch.Tensor,  # [B, L, D] prompt states (conditional branch only)
+    pooled: torch.Tensor,  # [B, P] pooled prompt vectors
+    micro_conds: torch.Tensor,  # [B, 5] or [1, 5] micro-conditions
+    estimator: Estimator,  # turns the logits into per-token log-probs
+    return_logits: bool = False,  # also return the logits (e.g. for an entropy statistic)
+):  # [B, HW] float32 log-probs (meaningful at batch.score_mask), or (log-probs, logits)
     "The one conditional forward pass of a planned step and its per-token log-probs."
     B = batch.inputs.shape[0]
     mid = getattr(estimator, "mask_id", None)
     if mid is not None and hasattr(model, "mask_token_id") and int(model.mask_token_id) != int(mid):
-        raise InputError(f"the estimator masks with id {mid} but the model's mask_token_id is {model.mask_token_id}", field="mask_id")
-    if micro_conds.shape[0] == 1 and B > 1: micro_conds = micro_conds.expand(B, -1)
+        raise InputError(
+            f"the estimator masks with id {mid} but the model's mask_token_id is {model.mask_token_id}", field="mask_id"
+        )
+    if micro_conds.shape[0] == 1 and B > 1:
+        micro_conds = micro_conds.expand(B, -1)
     logits = model(batch.inputs, text_hidden, pooled, batch.timestep, micro_conds)
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 4 or logits.shape[0] != B or tuple(logits.shape[2:]) != tuple(batch.inputs.shape[1:]):
-        raise InputError(f"model returned {tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}, "
-                         f"expected logits [B,V,H,W] with B={B} and {tuple(batch.inputs.shape[1:])}", field="model")
+    if (
+        not isinstance(logits, torch.Tensor)
+        or logits.ndim != 4
+        or logits.shape[0] != B
+        or tuple(logits.shape[2:]) != tuple(batch.inputs.shape[1:])
+    ):
+        raise InputError(
+            f"model returned {tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}, "
+            f"expected logits [B,V,H,W] with B={B} and {tuple(batch.inputs.shape[1:])}",
+            field="model",
+        )
     lp = estimator.token_logp(logits, batch)
     return (lp, logits) if return_logits else lp
 
@@ -204,6 +272,7 @@ def step_logps(model: Callable,  # model(tokens [B,H,W], text_hidden, pooled, ti
 @dataclass
 class RemaskSchedule(_ScoresFinalTokens):
     "MaskGRPO: iteration j masks every position of the final map independently with ratio r_j (seeded); score the masked ones."
+
     mask_id: int  # the model's mask token id
     mu: int = 6  # inner iterations per rollout (MaskGRPO t2i script: 6; paper config: 12)
     min_mask_rate: float = 0.8  # m, the truncation gamma (paper: 0.8 for images; scripts 0.6 / 0.8 / 0.5 / 0.3)
@@ -212,45 +281,62 @@ class RemaskSchedule(_ScoresFinalTokens):
     name: ClassVar[str] = "remask_schedule"
 
     def __post_init__(self):
-        if not isinstance(self.mu, int) or self.mu < 1: raise InputError(f"mu must be a positive int, got {self.mu!r}", field="mu")
-        if not 0 <= self.min_mask_rate < 1: raise InputError(f"min_mask_rate must lie in [0, 1), got {self.min_mask_rate}", field="min_mask_rate")
+        if not isinstance(self.mu, int) or self.mu < 1:
+            raise InputError(f"mu must be a positive int, got {self.mu!r}", field="mu")
+        if not 0 <= self.min_mask_rate < 1:
+            raise InputError(f"min_mask_rate must lie in [0, 1), got {self.min_mask_rate}", field="min_mask_rate")
 
-    def ratio(self, inner: int,  # iteration j in 0..mu-1
-              ) -> float:
+    def ratio(
+        self,
+        inner: int,  # iteration j in 0..mu-1
+    ) -> float:
         "Mask ratio of iteration j: min(m + (1-m)(j+1)/mu, 0.999)."
-        if not isinstance(inner, int) or not 0 <= inner < self.mu: raise InputError(f"inner must lie in 0..{self.mu - 1}, got {inner!r}", field="inner")
+        if not isinstance(inner, int) or not 0 <= inner < self.mu:
+            raise InputError(f"inner must lie in 0..{self.mu - 1}, got {inner!r}", field="inner")
         return min(self.min_mask_rate + (1 - self.min_mask_rate) * (inner + 1) / self.mu, 0.999)
 
-    def ratio_step(self, r: float,  # mask ratio
-                   N: int,  # sampling steps
-                   HW: int,  # positions
-                   ) -> int:  # the step s* whose pre-step mask ratio is closest to r
+    def ratio_step(
+        self,
+        r: float,  # mask ratio
+        N: int,  # sampling steps
+        HW: int,  # positions
+    ) -> int:  # the step s* whose pre-step mask ratio is closest to r
         "Sampling step whose mask ratio before the step is closest to r (ties: the earlier)."
         before = torch.tensor([HW] + mask_schedule(N, HW, self.schedule)[:-1], dtype=torch.float64) / HW
         return int((before - r).abs().argmin())
 
     @staticmethod
-    def draw_seed(generator: torch.Generator | None,  # randomness (None: global RNG)
-                  ) -> int:  # in [0, 2**31)
+    def draw_seed(
+        generator: torch.Generator | None,  # randomness (None: global RNG)
+    ) -> int:  # in [0, 2**31)
         "One per-batch seed."
-        return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device if generator is not None else "cpu"))
+        return int(
+            torch.randint(
+                0, 2**31 - 1, (1,), generator=generator, device=generator.device if generator is not None else "cpu"
+            )
+        )
 
-    def masks(self, seed: int,  # per-batch seed
-              inner: int,  # iteration j
-              B: int, HW: int,  # samples, positions
-              device: str | torch.device = "cpu",  # where the result goes
-              ) -> torch.Tensor:  # [B, HW] bool
+    def masks(
+        self,
+        seed: int,  # per-batch seed
+        inner: int,  # iteration j
+        B: int,
+        HW: int,  # samples, positions
+        device: str | torch.device = "cpu",  # where the result goes
+    ) -> torch.Tensor:  # [B, HW] bool
         "The masks of iteration j: Bernoulli(r_j) per position from a CPU generator seeded with (seed << 16) + j."
         r = self.ratio(inner)
         g = torch.Generator().manual_seed((int(seed) << 16) + inner)
         return (torch.rand(B, HW, generator=g) < r).to(device)
 
-    def plan(self, traj,  # a Trajectory (only the final tokens and the grid are used)
-             selection=None,  # ignored: the mu iterations are the "steps"
-             generator: torch.Generator | None = None,  # draws the per-batch seed when `seed` is None
-             inner: int = 0,  # iteration j in 0..mu-1
-             seed: int | None = None,  # the per-batch seed (reuse extra["seed"] to rebuild the same masks)
-             ) -> list[StepBatch]:  # a single StepBatch
+    def plan(
+        self,
+        traj,  # a Trajectory (only the final tokens and the grid are used)
+        selection=None,  # ignored: the mu iterations are the "steps"
+        generator: torch.Generator | None = None,  # draws the per-batch seed when `seed` is None
+        inner: int = 0,  # iteration j in 0..mu-1
+        seed: int | None = None,  # the per-batch seed (reuse extra["seed"] to rebuild the same masks)
+    ) -> list[StepBatch]:  # a single StepBatch
         "The StepBatch of inner iteration j."
         seed = self.draw_seed(generator) if seed is None else int(seed)
         B, HW = traj.tokens.shape
@@ -265,47 +351,74 @@ class RemaskSchedule(_ScoresFinalTokens):
 @dataclass
 class TrajectoryReplay:
     "Mask-GRPO: the exact transition of the stored trajectory at step s (candidate 1 or 2)."
+
     mask_id: int  # the model's mask token id
-    candidate: int = 1  # 1: newly unmasked tokens + mass below the threshold at re-masked ones (default); 2: newly unmasked only
+    candidate: int = (
+        1  # 1: newly unmasked tokens + mass below the threshold at re-masked ones (default); 2: newly unmasked only
+    )
     min_mass: float = 1e-20  # floor of the candidate-1 mass (an empty set gives log(min_mass), zero gradient)
     name: ClassVar[str] = "trajectory_replay"
 
     def __post_init__(self):
-        if self.candidate not in (1, 2): raise InputError(f"candidate must be 1 or 2, got {self.candidate!r}", field="candidate")
-        if not 0 < self.min_mass < 1: raise InputError(f"min_mass must lie in (0, 1), got {self.min_mass}", field="min_mass")
+        if self.candidate not in (1, 2):
+            raise InputError(f"candidate must be 1 or 2, got {self.candidate!r}", field="candidate")
+        if not 0 < self.min_mass < 1:
+            raise InputError(f"min_mass must lie in (0, 1), got {self.min_mass}", field="min_mass")
 
-    def plan(self, traj,  # a Trajectory (tokens, commit_step, timesteps, min_kept_conf, grid)
-             selection=None,  # a Selection / [B, K] steps tensor, or None for all N steps
-             generator: torch.Generator | None = None,  # unused (no randomness)
-             inner: int = 0,  # ignored
-             ) -> list[StepBatch]:  # one per column k
+    def plan(
+        self,
+        traj,  # a Trajectory (tokens, commit_step, timesteps, min_kept_conf, grid)
+        selection=None,  # a Selection / [B, K] steps tensor, or None for all N steps
+        generator: torch.Generator | None = None,  # unused (no randomness)
+        inner: int = 0,  # ignored
+    ) -> list[StepBatch]:  # one per column k
         "One StepBatch per selected step: the trajectory's map before step s, scored at its transition."
         B, HW = traj.tokens.shape
         H, W = traj.grid
         N, dev = _N(traj), traj.tokens.device
         st = torch.arange(N, device=dev).expand(B, N) if selection is None else _selected(selection, traj)
-        if st.numel() and (int(st.min()) < 0 or int(st.max()) >= N): raise InputError(f"steps must lie in 0..{N - 1}", field="steps")
+        if st.numel() and (int(st.min()) < 0 or int(st.max()) >= N):
+            raise InputError(f"steps must lie in 0..{N - 1}", field="steps")
         cs, tok, rows = traj.commit_step.long(), traj.tokens.long(), torch.arange(B, device=dev)
         out = []
         for k in range(st.shape[1]):
-            s = st[:, k:k + 1]
+            s = st[:, k : k + 1]
             newly, remasked = cs == s, cs > s
             score = newly | remasked if self.candidate == 1 else newly
-            out.append(StepBatch(inputs=tok.masked_fill(cs >= s, self.mask_id).reshape(B, H, W), timestep=traj.timesteps.to(dev)[s[:, 0]],
-                                 targets=tok, score_mask=score,
-                                 extra={"step": s[:, 0], "newly": newly, "remasked": remasked,
-                                        "min_kept_conf": traj.min_kept_conf.to(dev)[s[:, 0], rows].float(), "candidate": self.candidate}))
+            out.append(
+                StepBatch(
+                    inputs=tok.masked_fill(cs >= s, self.mask_id).reshape(B, H, W),
+                    timestep=traj.timesteps.to(dev)[s[:, 0]],
+                    targets=tok,
+                    score_mask=score,
+                    extra={
+                        "step": s[:, 0],
+                        "newly": newly,
+                        "remasked": remasked,
+                        "min_kept_conf": traj.min_kept_conf.to(dev)[s[:, 0], rows].float(),
+                        "candidate": self.candidate,
+                    },
+                )
+            )
         return out
 
-    def token_logp(self, logits: torch.Tensor,  # [B, V, H, W]
-                   batch: StepBatch) -> torch.Tensor:  # [B, HW] float32
+    def token_logp(
+        self,
+        logits: torch.Tensor,  # [B, V, H, W]
+        batch: StepBatch,
+    ) -> torch.Tensor:  # [B, HW] float32
         "log p(final token) at newly unmasked positions; candidate 1: log mass below min_kept_conf at re-masked ones."
         tok = gather_logp(logits, batch.targets)
         rem = batch.extra["remasked"].to(tok.device)
-        if self.candidate == 2 or not bool(rem.any()): return tok
+        if self.candidate == 2 or not bool(rem.any()):
+            return tok
         B, V = logits.shape[:2]
-        lsm = logits.float().reshape(B, V, -1).permute(0, 2, 1)[rem].log_softmax(-1)  # [n_remasked, V], only re-masked positions
-        c = batch.extra["min_kept_conf"].to(tok.device).float()[:, None].expand_as(rem)[rem]  # [n_remasked] threshold of each one's sample
+        lsm = (
+            logits.float().reshape(B, V, -1).permute(0, 2, 1)[rem].log_softmax(-1)
+        )  # [n_remasked, V], only re-masked positions
+        c = (
+            batch.extra["min_kept_conf"].to(tok.device).float()[:, None].expand_as(rem)[rem]
+        )  # [n_remasked] threshold of each one's sample
         below = lsm.exp() < c[:, None]  # probability space, strict
         anyb = below.any(-1)
         safe = torch.where(below, lsm, torch.full_like(lsm, -torch.inf))
@@ -317,14 +430,19 @@ class TrajectoryReplay:
 # %% ../../nbs/rl/05_logprob.ipynb #057ae7c1
 ESTIMATORS = {c.name: c for c in (RemaskRandom, RemaskSchedule, TrajectoryReplay, TrajectoryMask)}
 
-def make_estimator(name: str,  # remask_random | remask_schedule | trajectory_replay | trajectory_mask
-                   **knobs,  # the estimator's fields: mask_id (required) and its knobs
-                   ) -> Estimator:
+
+def make_estimator(
+    name: str,  # remask_random | remask_schedule | trajectory_replay | trajectory_mask
+    **knobs,  # the estimator's fields: mask_id (required) and its knobs
+) -> Estimator:
     "Build a log-prob estimator by name."
-    if name not in ESTIMATORS: raise InputError(f"unknown estimator {name!r} (known: {', '.join(ESTIMATORS)})", field="estimator")
+    if name not in ESTIMATORS:
+        raise InputError(f"unknown estimator {name!r} (known: {', '.join(ESTIMATORS)})", field="estimator")
     cls = ESTIMATORS[name]
     known = [f.name for f in fields(cls)]
     for k in knobs:
-        if k not in known: raise InputError(f"unknown knob {k!r} for estimator {name!r} (known: {', '.join(known)})", field=k)
-    if "mask_id" not in knobs: raise InputError(f"estimator {name!r} needs mask_id (the model's mask_token_id)", field="mask_id")
+        if k not in known:
+            raise InputError(f"unknown knob {k!r} for estimator {name!r} (known: {', '.join(known)})", field=k)
+    if "mask_id" not in knobs:
+        raise InputError(f"estimator {name!r} needs mask_id (the model's mask_token_id)", field="mask_id")
     return cls(**knobs)

@@ -23,61 +23,101 @@ __all__ = ['DRConfig', 'token_entropy', 'explore_temperature', 'route', 'Traject
 @dataclass
 class DRConfig:
     "Dynamic-Routing sampling settings (MaskFocus paper §3 Eq. 7-8; released code `meissonic/pipeline.py` and `scheduler.py`)."
-    enabled: bool = field(default=True, metadata={"help": "route low-entropy samples to the exploration branch at every step (MaskFocus: on; off = plain MaskGIT sampling, the `maskfocus_no_dr` ablation)"})
-    split: float = field(default=0.5, metadata={"help": "fraction of each group ranked high-entropy: threshold = the max(1, floor(split*G))-th largest H_b of the group, H_b >= threshold -> standard (code: median split, sorted_entropy[G//2 - 1])"})
-    apply_to_all: bool = field(default=False, metadata={"help": "ablation: every sample explores at every step (paper Fig. 5 'sampling strategy': unstable / reward-hacked late in training)"})
-    T: float = field(default=2.5, metadata={"help": "exploration temperature scale in T*exp(-H/alpha)+theta (paper Eq. 8; code value 2.5)"})
+
+    enabled: bool = field(
+        default=True,
+        metadata={
+            "help": "route low-entropy samples to the exploration branch at every step (MaskFocus: on; off = plain MaskGIT sampling, the `maskfocus_no_dr` ablation)"
+        },
+    )
+    split: float = field(
+        default=0.5,
+        metadata={
+            "help": "fraction of each group ranked high-entropy: threshold = the max(1, floor(split*G))-th largest H_b of the group, H_b >= threshold -> standard (code: median split, sorted_entropy[G//2 - 1])"
+        },
+    )
+    apply_to_all: bool = field(
+        default=False,
+        metadata={
+            "help": "ablation: every sample explores at every step (paper Fig. 5 'sampling strategy': unstable / reward-hacked late in training)"
+        },
+    )
+    T: float = field(
+        default=2.5,
+        metadata={"help": "exploration temperature scale in T*exp(-H/alpha)+theta (paper Eq. 8; code value 2.5)"},
+    )
     alpha: float = field(default=3.0, metadata={"help": "entropy scale alpha in T*exp(-H/alpha)+theta (code value 3)"})
-    theta: float = field(default=0.7, metadata={"help": "temperature floor theta (a.k.a. T_min) in T*exp(-H/alpha)+theta (code value 0.7)"})
+    theta: float = field(
+        default=0.7,
+        metadata={"help": "temperature floor theta (a.k.a. T_min) in T*exp(-H/alpha)+theta (code value 0.7)"},
+    )
 
     def __post_init__(self):
-        if not 0 <= self.split <= 1: raise InputError(f"split must lie in [0, 1], got {self.split}", field="split")
-        if not self.alpha > 0: raise InputError(f"alpha must be > 0, got {self.alpha}", field="alpha")
-        if not self.T >= 0: raise InputError(f"T must be >= 0, got {self.T}", field="T")
-        if not self.theta > 0: raise InputError(f"theta must be > 0 (the temperature must stay positive), got {self.theta}", field="theta")
+        if not 0 <= self.split <= 1:
+            raise InputError(f"split must lie in [0, 1], got {self.split}", field="split")
+        if not self.alpha > 0:
+            raise InputError(f"alpha must be > 0, got {self.alpha}", field="alpha")
+        if not self.T >= 0:
+            raise InputError(f"T must be >= 0, got {self.T}", field="T")
+        if not self.theta > 0:
+            raise InputError(f"theta must be > 0 (the temperature must stay positive), got {self.theta}", field="theta")
 
     @classmethod
     def from_dict(cls, d: dict, file=None) -> "DRConfig":  # parsed JSON/YAML; file for error messages
         "Build from a dict; unknown keys are an error naming the key."
         known = {f.name for f in fields(cls)}
         for k in d:
-            if k not in known: raise InputError(f"unknown dynamic-routing key {k!r} (known: {', '.join(sorted(known))})", file=file, field=k)
+            if k not in known:
+                raise InputError(
+                    f"unknown dynamic-routing key {k!r} (known: {', '.join(sorted(known))})", file=file, field=k
+                )
         return cls(**d)
 
 # %% ../../nbs/rl/01_rollout.ipynb #2065eef1
-def token_entropy(logits: torch.Tensor,  # [..., V] logits (any float dtype; computed in float32)
-                  ) -> torch.Tensor:  # [...] float32
+def token_entropy(
+    logits: torch.Tensor,  # [..., V] logits (any float dtype; computed in float32)
+) -> torch.Tensor:  # [...] float32
     "Entropy in nats of softmax(logits) over the last dim; 0·log 0 counts as 0."
     return torch.special.entr(logits.float().softmax(-1)).sum(-1)
 
-def explore_temperature(H: torch.Tensor,  # per-token entropies H_bj (nats), any shape
-                        dr: DRConfig | None = None,  # T, alpha, theta (default DRConfig())
-                        ) -> torch.Tensor:  # same shape as H
+
+def explore_temperature(
+    H: torch.Tensor,  # per-token entropies H_bj (nats), any shape
+    dr: DRConfig | None = None,  # T, alpha, theta (default DRConfig())
+) -> torch.Tensor:  # same shape as H
     "Per-token temperature of the exploration branch, T·exp(-H/α) + θ (paper Eq. 8)."
     dr = dr or DRConfig()
     return dr.T * torch.exp(-H / dr.alpha) + dr.theta
 
-def route(H: torch.Tensor,  # [B] summed entropy H_b of each sample at this step
-          group_size: int,  # G: samples b of one prompt are the consecutive runs b // G
-          dr: DRConfig | None = None,  # routing settings (default DRConfig())
-          ) -> torch.Tensor:  # [B] bool, True = exploration branch
+
+def route(
+    H: torch.Tensor,  # [B] summed entropy H_b of each sample at this step
+    group_size: int,  # G: samples b of one prompt are the consecutive runs b // G
+    dr: DRConfig | None = None,  # routing settings (default DRConfig())
+) -> torch.Tensor:  # [B] bool, True = exploration branch
     "Which samples take the exploration branch: those below the max(1, floor(split·G))-th largest H_b of their group."
     dr = dr or DRConfig()
-    if H.ndim != 1: raise InputError(f"H must be a [B] tensor, got {tuple(H.shape)}", field="H")
+    if H.ndim != 1:
+        raise InputError(f"H must be a [B] tensor, got {tuple(H.shape)}", field="H")
     B = H.shape[0]
     if not isinstance(group_size, int) or group_size < 1 or B % group_size:
-        raise InputError(f"group_size must be a positive int dividing the batch B={B}, got {group_size!r}", field="group_size")
-    if not dr.enabled: return torch.zeros(B, dtype=torch.bool, device=H.device)
-    if dr.apply_to_all: return torch.ones(B, dtype=torch.bool, device=H.device)
+        raise InputError(
+            f"group_size must be a positive int dividing the batch B={B}, got {group_size!r}", field="group_size"
+        )
+    if not dr.enabled:
+        return torch.zeros(B, dtype=torch.bool, device=H.device)
+    if dr.apply_to_all:
+        return torch.ones(B, dtype=torch.bool, device=H.device)
     k = max(1, math.floor(dr.split * group_size + 1e-9))
     Hg = H.reshape(B // group_size, group_size)
-    thr = Hg.sort(dim=1, descending=True).values[:, k - 1:k]
+    thr = Hg.sort(dim=1, descending=True).values[:, k - 1 : k]
     return (Hg < thr).reshape(B)
 
 # %% ../../nbs/rl/01_rollout.ipynb #2e03b6f9
 @dataclass
 class Trajectory:
     "A recorded batch of rollouts: final tokens, every step's full prediction, commit order, entropies and branches."
+
     tokens: torch.Tensor  # [B, HW] int64, final token map
     x0: torch.Tensor  # [N, B, HW] int16 (int32 if V >= 32768): x0_hat(s), the full prediction at step s
     commit_step: torch.Tensor  # [B, HW] int16: the step at which each position was unmasked (0..N-1)
@@ -90,11 +130,19 @@ class Trajectory:
 
     def __post_init__(self):
         N, B, HW = self.x0.shape
-        for name, shape in (("tokens", (B, HW)), ("commit_step", (B, HW)), ("timesteps", (N,)), ("entropy", (N, B)),
-                            ("explore", (N, B)), ("min_kept_conf", (N, B))):
+        for name, shape in (
+            ("tokens", (B, HW)),
+            ("commit_step", (B, HW)),
+            ("timesteps", (N,)),
+            ("entropy", (N, B)),
+            ("explore", (N, B)),
+            ("min_kept_conf", (N, B)),
+        ):
             t = getattr(self, name)
-            if tuple(t.shape) != shape: raise InputError(f"{name} must have shape {shape}, got {tuple(t.shape)}", field=name)
-        if math.prod(self.grid) != HW: raise InputError(f"grid {self.grid} does not hold HW={HW} positions", field="grid")
+            if tuple(t.shape) != shape:
+                raise InputError(f"{name} must have shape {shape}, got {tuple(t.shape)}", field=name)
+        if math.prod(self.grid) != HW:
+            raise InputError(f"grid {self.grid} does not hold HW={HW} positions", field="grid")
         if not isinstance(self.group_size, int) or self.group_size < 1 or B % self.group_size:
             raise InputError(f"group_size must divide B={B}, got {self.group_size!r}", field="group_size")
 
@@ -109,21 +157,28 @@ class Trajectory:
         return self.x0.shape[1]
 
     def _s(self, s):
-        if isinstance(s, torch.Tensor) and s.ndim == 1: return s.to(self.commit_step.device)[:, None]
+        if isinstance(s, torch.Tensor) and s.ndim == 1:
+            return s.to(self.commit_step.device)[:, None]
         return s
 
-    def masked_before(self, s: int | torch.Tensor,  # a step, or one step per sample [B]
-                      ) -> torch.Tensor:  # [B, HW] bool
+    def masked_before(
+        self,
+        s: int | torch.Tensor,  # a step, or one step per sample [B]
+    ) -> torch.Tensor:  # [B, HW] bool
         "Positions masked in the input of step s (commit_step >= s)."
         return self.commit_step >= self._s(s)
 
-    def masked_after(self, s: int | torch.Tensor,  # a step, or one step per sample [B]
-                     ) -> torch.Tensor:  # [B, HW] bool
+    def masked_after(
+        self,
+        s: int | torch.Tensor,  # a step, or one step per sample [B]
+    ) -> torch.Tensor:  # [B, HW] bool
         "Positions still masked after step s (commit_step > s)."
         return self.commit_step > self._s(s)
 
-    def n_masked_after(self, s: int | torch.Tensor,  # a step, steps per sample [B], or [B, K]
-                       ) -> torch.Tensor:  # [B], [B] or [B, K] int64
+    def n_masked_after(
+        self,
+        s: int | torch.Tensor,  # a step, steps per sample [B], or [B, K]
+    ) -> torch.Tensor:  # [B], [B] or [B, K] int64
         "Number of masks left after step s, per sample."
         N, (B, HW) = self.num_steps, self.commit_step.shape
         counts = torch.zeros(B, N, dtype=torch.long, device=self.commit_step.device)
@@ -136,29 +191,50 @@ class Trajectory:
 
     def nbytes(self) -> int:  # bytes held by the tensors
         "Memory of the record in bytes."
-        return sum(getattr(self, f.name).numel() * getattr(self, f.name).element_size()
-                   for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor))
+        return sum(
+            getattr(self, f.name).numel() * getattr(self, f.name).element_size()
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        )
 
     def to(self, device: str | torch.device) -> "Trajectory":  # where to move the tensors
         "A copy with every tensor on `device`."
-        return Trajectory(**{f.name: (v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v) for f in fields(self)})
+        return Trajectory(
+            **{
+                f.name: (v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
+                for f in fields(self)
+            }
+        )
 
 # %% ../../nbs/rl/01_rollout.ipynb #fb648d58
 class TrajectoryRecorder:
     "Hooks for `maskfocus.models.sampler.sample` that apply Dynamic Routing and record a `Trajectory`."
-    def __init__(self,
-                 B: int,  # samples in the batch (a multiple of group_size)
-                 N: int,  # sampling steps
-                 grid: tuple[int, int],  # token map (H, W)
-                 V: int,  # codebook size (x0 is int16 below 32768)
-                 mask_id: int,  # the mask token id
-                 group_size: int,  # G, samples per prompt (consecutive)
-                 dr: DRConfig | None = None,  # routing settings (default: DRConfig(), DR on)
-                 device: str | torch.device = "cpu"):  # where the record lives (the sampling device)
-        if not 1 <= N < 32767: raise InputError(f"N must lie in 1..32766 (commit_step is int16), got {N}", field="N")
+
+    def __init__(
+        self,
+        B: int,  # samples in the batch (a multiple of group_size)
+        N: int,  # sampling steps
+        grid: tuple[int, int],  # token map (H, W)
+        V: int,  # codebook size (x0 is int16 below 32768)
+        mask_id: int,  # the mask token id
+        group_size: int,  # G, samples per prompt (consecutive)
+        dr: DRConfig | None = None,  # routing settings (default: DRConfig(), DR on)
+        device: str | torch.device = "cpu",
+    ):  # where the record lives (the sampling device)
+        if not 1 <= N < 32767:
+            raise InputError(f"N must lie in 1..32766 (commit_step is int16), got {N}", field="N")
         if not isinstance(group_size, int) or group_size < 1 or B % group_size:
-            raise InputError(f"group_size must be a positive int dividing the batch B={B}, got {group_size!r}", field="group_size")
-        self.B, self.N, self.grid, self.mask_id, self.G, self.dr = B, N, tuple(grid), mask_id, group_size, dr or DRConfig()
+            raise InputError(
+                f"group_size must be a positive int dividing the batch B={B}, got {group_size!r}", field="group_size"
+            )
+        self.B, self.N, self.grid, self.mask_id, self.G, self.dr = (
+            B,
+            N,
+            tuple(grid),
+            mask_id,
+            group_size,
+            dr or DRConfig(),
+        )
         HW = math.prod(grid)
         self.x0 = torch.empty(N, B, HW, dtype=torch.int16 if V < 32768 else torch.int32, device=device)
         self.commit = torch.full((B, HW), N, dtype=torch.int16, device=device)  # N = not committed yet
@@ -166,20 +242,26 @@ class TrajectoryRecorder:
         self.explore = torch.zeros(N, B, dtype=torch.bool, device=device)
         self.min_kept = torch.full((N, B), torch.inf, dtype=torch.float32, device=device)
 
-    def temperature_fn(self, logits: torch.Tensor,  # [B, HW, V] guided logits of step s
-                       tokens: torch.Tensor,  # [B, HW] map before step s
-                       step: int,  # s
-                       ) -> torch.Tensor | None:  # [B, HW] temperatures, or None when nobody explores
+    def temperature_fn(
+        self,
+        logits: torch.Tensor,  # [B, HW, V] guided logits of step s
+        tokens: torch.Tensor,  # [B, HW] map before step s
+        step: int,  # s
+    ) -> torch.Tensor | None:  # [B, HW] temperatures, or None when nobody explores
         "Record H_b and the branch of step s; return the per-token temperature (1 on the standard branch)."
         Htok = token_entropy(logits)  # [B, HW]
         H = (Htok * (tokens.reshape(self.B, -1) == self.mask_id)).sum(-1)
         ex = route(H, self.G, self.dr)
         self.entropy[step], self.explore[step] = H, ex
-        if not bool(ex.any()): return None
+        if not bool(ex.any()):
+            return None
         return torch.where(ex[:, None], explore_temperature(Htok, self.dr), torch.ones_like(Htok))
 
-    def on_step(self, step: int,  # s
-                out: StepOut):  # the sampler's result of step s
+    def on_step(
+        self,
+        step: int,  # s
+        out: StepOut,
+    ):  # the sampler's result of step s
         "Record x0_hat(s), the positions committed at s and their smallest sampled probability."
         tok = out.tokens.reshape(self.B, -1)
         new = (self.commit == self.N) & (tok != self.mask_id)
@@ -187,55 +269,109 @@ class TrajectoryRecorder:
         self.x0[step] = out.x0_hat.reshape(self.B, -1).to(self.x0.dtype)
         self.min_kept[step] = torch.where(new, out.logp.reshape(self.B, -1), torch.inf).amin(-1).exp()
 
-    def finish(self, tokens: torch.Tensor,  # [B, H, W] or [B, HW] final tokens returned by `sample`
-               ) -> Trajectory:
+    def finish(
+        self,
+        tokens: torch.Tensor,  # [B, H, W] or [B, HW] final tokens returned by `sample`
+    ) -> Trajectory:
         "The recorded `Trajectory`."
-        if bool((self.commit == self.N).any()): raise RuntimeError("the rollout ended with uncommitted positions")
-        return Trajectory(tokens=tokens.reshape(self.B, -1).long(), x0=self.x0, commit_step=self.commit,
-                          timesteps=step_timesteps(self.N, device=self.x0.device), entropy=self.entropy, explore=self.explore,
-                          min_kept_conf=self.min_kept, grid=self.grid, group_size=self.G)
+        if bool((self.commit == self.N).any()):
+            raise RuntimeError("the rollout ended with uncommitted positions")
+        return Trajectory(
+            tokens=tokens.reshape(self.B, -1).long(),
+            x0=self.x0,
+            commit_step=self.commit,
+            timesteps=step_timesteps(self.N, device=self.x0.device),
+            entropy=self.entropy,
+            explore=self.explore,
+            min_kept_conf=self.min_kept,
+            grid=self.grid,
+            group_size=self.G,
+        )
+
 
 @torch.no_grad()
-def record_trajectory(model: Callable,  # the masked model (see `maskfocus.models.sampler.sample`)
-                      text_hidden: torch.Tensor,  # [B, L, D] prompt states, groups of G consecutive rows per prompt
-                      pooled: torch.Tensor,  # [B, P]
-                      neg_text_hidden: torch.Tensor | None,  # [B or 1, L, D] negative prompt (when guiding)
-                      neg_pooled: torch.Tensor | None,  # [B or 1, P]
-                      micro_conds: torch.Tensor,  # [B or 1, 5]
-                      N: int,  # sampling steps
-                      cfg: float | None,  # guidance weight w (None, 0 or 1: no guidance)
-                      generator: torch.Generator | None,  # source of all randomness
-                      grid: tuple[int, int],  # token map (H, W)
-                      group_size: int,  # G
-                      dr: DRConfig | None = None,  # Dynamic Routing (default DRConfig(): on)
-                      tau: float | tuple[float, float] = (2.0, 0.0),  # Gumbel temperatures
-                      schedule: str = "cosine",  # mask schedule
-                      ties: Literal["exact", "threshold"] = "exact",  # see `maskgit_step`
-                      ) -> Trajectory:
+def record_trajectory(
+    model: Callable,  # the masked model (see `maskfocus.models.sampler.sample`)
+    text_hidden: torch.Tensor,  # [B, L, D] prompt states, groups of G consecutive rows per prompt
+    pooled: torch.Tensor,  # [B, P]
+    neg_text_hidden: torch.Tensor | None,  # [B or 1, L, D] negative prompt (when guiding)
+    neg_pooled: torch.Tensor | None,  # [B or 1, P]
+    micro_conds: torch.Tensor,  # [B or 1, 5]
+    N: int,  # sampling steps
+    cfg: float | None,  # guidance weight w (None, 0 or 1: no guidance)
+    generator: torch.Generator | None,  # source of all randomness
+    grid: tuple[int, int],  # token map (H, W)
+    group_size: int,  # G
+    dr: DRConfig | None = None,  # Dynamic Routing (default DRConfig(): on)
+    tau: float | tuple[float, float] = (2.0, 0.0),  # Gumbel temperatures
+    schedule: str = "cosine",  # mask schedule
+    ties: Literal["exact", "threshold"] = "exact",  # see `maskgit_step`
+) -> Trajectory:
     "Sample B token maps with Dynamic Routing and record the `Trajectory` (one model call per step)."
     if not isinstance(text_hidden, torch.Tensor) or text_hidden.ndim != 3:
         raise InputError("text_hidden must be a tensor [B,L,D]", field="text_hidden")
-    rec = TrajectoryRecorder(text_hidden.shape[0], N, grid, int(model.codebook_size), int(model.mask_token_id), group_size, dr,
-                             device=text_hidden.device)
-    tokens = sample(model, text_hidden, pooled, neg_text_hidden, neg_pooled, micro_conds, N=N, cfg=cfg, generator=generator,
-                    grid=tuple(grid), tau=tau, schedule=schedule, ties=ties, temperature_fn=rec.temperature_fn, on_step=rec.on_step)
+    rec = TrajectoryRecorder(
+        text_hidden.shape[0],
+        N,
+        grid,
+        int(model.codebook_size),
+        int(model.mask_token_id),
+        group_size,
+        dr,
+        device=text_hidden.device,
+    )
+    tokens = sample(
+        model,
+        text_hidden,
+        pooled,
+        neg_text_hidden,
+        neg_pooled,
+        micro_conds,
+        N=N,
+        cfg=cfg,
+        generator=generator,
+        grid=tuple(grid),
+        tau=tau,
+        schedule=schedule,
+        ties=ties,
+        temperature_fn=rec.temperature_fn,
+        on_step=rec.on_step,
+    )
     return rec.finish(tokens)
 
+
 @torch.no_grad()
-def rollout(pipe,  # a `maskfocus.models.pipeline.MaskedPipeline`
-            prompts: Sequence[str],  # distinct prompts, one per group; each is sampled group_size times
-            group_size: int,  # G, rollouts per prompt
-            N: int | None = None,  # steps (default pipe.sampling.steps)
-            cfg: float | None = None,  # guidance weight (default pipe.sampling.cfg)
-            generator: torch.Generator | None = None,  # source of all randomness
-            dr: DRConfig | None = None,  # Dynamic Routing (default DRConfig(): on)
-            ) -> Trajectory:  # B = len(prompts) * group_size samples, prompt i in rows i*G .. i*G+G-1
+def rollout(
+    pipe,  # a `maskfocus.models.pipeline.MaskedPipeline`
+    prompts: Sequence[str],  # distinct prompts, one per group; each is sampled group_size times
+    group_size: int,  # G, rollouts per prompt
+    N: int | None = None,  # steps (default pipe.sampling.steps)
+    cfg: float | None = None,  # guidance weight (default pipe.sampling.cfg)
+    generator: torch.Generator | None = None,  # source of all randomness
+    dr: DRConfig | None = None,  # Dynamic Routing (default DRConfig(): on)
+) -> Trajectory:  # B = len(prompts) * group_size samples, prompt i in rows i*G .. i*G+G-1
     "G rollouts per prompt with the pipeline's sampling settings, recorded as a `Trajectory`."
-    if isinstance(prompts, str) or not len(prompts): raise InputError("prompts must be a non-empty list of strings", field="prompts")
-    if not isinstance(group_size, int) or group_size < 1: raise InputError(f"group_size must be a positive int, got {group_size!r}", field="group_size")
+    if isinstance(prompts, str) or not len(prompts):
+        raise InputError("prompts must be a non-empty list of strings", field="prompts")
+    if not isinstance(group_size, int) or group_size < 1:
+        raise InputError(f"group_size must be a positive int, got {group_size!r}", field="group_size")
     s = pipe.sampling
     h, p = pipe.encode_prompts([q for q in prompts for _ in range(group_size)])
     cfg = s.cfg if cfg is None else cfg
     nh, np_ = pipe.encode_prompts([s.negative_prompt]) if cfg not in (None, 0, 1) else (None, None)
-    return record_trajectory(pipe.transformer, h, p, nh, np_, pipe.micro_conds(1), N=N or s.steps, cfg=cfg, generator=generator,
-                             grid=pipe.grid, group_size=group_size, dr=dr, tau=s.tau, schedule=s.schedule)
+    return record_trajectory(
+        pipe.transformer,
+        h,
+        p,
+        nh,
+        np_,
+        pipe.micro_conds(1),
+        N=N or s.steps,
+        cfg=cfg,
+        generator=generator,
+        grid=pipe.grid,
+        group_size=group_size,
+        dr=dr,
+        tau=s.tau,
+        schedule=s.schedule,
+    )

@@ -31,34 +31,43 @@ __all__ = ['PURPOSES', 'REFERENCE_COPIES', 'unit_generator', 'draw_prompts', 'pr
 # %% ../../nbs/rl/08_trainer.ipynb #953d9126
 PURPOSES = {"rollout": 0, "select": 1, "plan": 2}
 
-def unit_generator(seed: int,  # cfg.seed (>= 0)
-                   iteration: int,  # 0-based RL iteration
-                   group: int,  # global group (prompt) index within the iteration
-                   part: int | None = None,  # None for a whole group, else the offset of this process's part in the group
-                   purpose: str = "rollout",  # rollout | select | plan
-                   device: str | torch.device = "cpu",  # where the generator draws
-                   ) -> torch.Generator:
+
+def unit_generator(
+    seed: int,  # cfg.seed (>= 0)
+    iteration: int,  # 0-based RL iteration
+    group: int,  # global group (prompt) index within the iteration
+    part: int | None = None,  # None for a whole group, else the offset of this process's part in the group
+    purpose: str = "rollout",  # rollout | select | plan
+    device: str | torch.device = "cpu",  # where the generator draws
+) -> torch.Generator:
     "A torch.Generator seeded from (seed, iteration, group, part, purpose): one independent stream per group and phase."
-    if purpose not in PURPOSES: raise InputError(f"unknown purpose {purpose!r} (known: {', '.join(PURPOSES)})", field="purpose")
+    if purpose not in PURPOSES:
+        raise InputError(f"unknown purpose {purpose!r} (known: {', '.join(PURPOSES)})", field="purpose")
     entropy = [int(seed), int(iteration), int(group), 0 if part is None else int(part) + 1, PURPOSES[purpose]]
     s = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
     return torch.Generator(device=device).manual_seed(s)
 
-def draw_prompts(rng: np.random.Generator,  # the run's data stream (checkpointed)
-                 n: int,  # prompts available
-                 k: int,  # prompts per iteration
-                 weights: np.ndarray | None = None,  # drawing weights of the n prompts (None: uniform)
-                 ) -> list[int]:
+
+def draw_prompts(
+    rng: np.random.Generator,  # the run's data stream (checkpointed)
+    n: int,  # prompts available
+    k: int,  # prompts per iteration
+    weights: np.ndarray | None = None,  # drawing weights of the n prompts (None: uniform)
+) -> list[int]:
     "Indices of the iteration's prompts: distinct unless k > n."
     p = None if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
     return [int(i) for i in rng.choice(n, size=k, replace=k > n, p=p)]
 
-def prompt_weights(metas: Sequence[dict],  # training metadata records
-                   how: str = "uniform",  # RLConfig.prompt_sampling: uniform | tag_balanced
-                   ) -> np.ndarray | None:
+
+def prompt_weights(
+    metas: Sequence[dict],  # training metadata records
+    how: str = "uniform",  # RLConfig.prompt_sampling: uniform | tag_balanced
+) -> np.ndarray | None:
     "Drawing weights of the prompts: None (uniform), or 1/(tags x prompts of the tag) so that every tag is drawn equally often."
-    if how == "uniform": return None
-    if how != "tag_balanced": raise InputError(f"prompt_sampling must be uniform or tag_balanced, got {how!r}", field="prompt_sampling")
+    if how == "uniform":
+        return None
+    if how != "tag_balanced":
+        raise InputError(f"prompt_sampling must be uniform or tag_balanced, got {how!r}", field="prompt_sampling")
     tags = [m.get("tag", "") for m in metas]
     count = {t: tags.count(t) for t in set(tags)}
     return np.array([1.0 / (len(count) * count[t]) for t in tags])
@@ -67,79 +76,103 @@ def prompt_weights(metas: Sequence[dict],  # training metadata records
 def _same(a, b) -> bool:
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
-    try: return bool(a == b)
-    except Exception: return False
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
 
 def cat_batches(batches: Sequence[StepBatch]) -> StepBatch:  # one StepBatch per group, same column
     "Concatenate the StepBatches of several groups along the batch dimension."
-    if len(batches) == 1: return batches[0]
+    if len(batches) == 1:
+        return batches[0]
     sizes = [b.inputs.shape[0] for b in batches]
     extra = {}
     for k in batches[0].extra:
         vs = [b.extra.get(k) for b in batches]
-        if all(isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == n for v, n in zip(vs, sizes)): extra[k] = torch.cat(vs)
-        elif all(_same(v, vs[0]) for v in vs[1:]): extra[k] = vs[0]
-        else: extra[k] = vs
+        if all(isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == n for v, n in zip(vs, sizes)):
+            extra[k] = torch.cat(vs)
+        elif all(_same(v, vs[0]) for v in vs[1:]):
+            extra[k] = vs[0]
+        else:
+            extra[k] = vs
     cat = lambda name: torch.cat([getattr(b, name) for b in batches])
     return StepBatch(cat("inputs"), cat("timestep"), cat("targets"), cat("score_mask"), extra)
 
 # %% ../../nbs/rl/08_trainer.ipynb #178ef9af
 _TAG_KEY = re.compile(r"/tag/([^/]+)$")
 
-def merge_reward_metrics(parts: Sequence[tuple[dict, dict, int]],  # per process: (reward_metrics(info), {tag: count}, samples)
-                         all_rewards: np.ndarray | None = None,  # the gathered total rewards (for reward/std)
-                         ) -> dict[str, float]:
+
+def merge_reward_metrics(
+    parts: Sequence[tuple[dict, dict, int]],  # per process: (reward_metrics(info), {tag: count}, samples)
+    all_rewards: np.ndarray | None = None,  # the gathered total rewards (for reward/std)
+) -> dict[str, float]:
     "Reward metrics of the global batch from the metrics of each process's part."
     keys = list(dict.fromkeys(k for m, _, _ in parts for k in m))
     out = {}
     for k in keys:
-        if k == "judge/accuracy": continue
+        if k == "judge/accuracy":
+            continue
         m = _TAG_KEY.search(k)
         num = den = 0.0
         for met, tags, n in parts:
-            if k not in met: continue
+            if k not in met:
+                continue
             w = tags.get(m.group(1), 0) if m else n
-            num += met[k] * w; den += w
-        if den: out[k] = num / den
-    if all_rewards is not None and len(all_rewards): out["reward/std"] = float(np.std(np.asarray(all_rewards, np.float64)))
+            num += met[k] * w
+            den += w
+        if den:
+            out[k] = num / den
+    if all_rewards is not None and len(all_rewards):
+        out["reward/std"] = float(np.std(np.asarray(all_rewards, np.float64)))
     tag_acc = [v for k, v in out.items() if k.startswith("judge/tag/")]
-    if tag_acc: out["judge/accuracy"] = float(np.mean(tag_acc))
+    if tag_acc:
+        out["judge/accuracy"] = float(np.mean(tag_acc))
     return out
+
 
 def tag_counts(metas: Sequence[dict]) -> dict[str, int]:  # metadata records
     "How many records carry each tag."
     out: dict[str, int] = {}
     for m in metas:
         t = m.get("tag") if isinstance(m, dict) else None
-        if isinstance(t, str): out[t] = out.get(t, 0) + 1
+        if isinstance(t, str):
+            out[t] = out.get(t, 0) + 1
     return out
 
 # %% ../../nbs/rl/08_trainer.ipynb #cb55e3eb
 def lr_lambda(cfg: RLConfig) -> Callable[[int], float]:  # the run's configuration
     "LR factor per optimizer step: linear warm-up, then linear decay to 0 / cosine / constant over iterations·μ steps."
     total = cfg.iterations * cfg.mu
+
     def f(s: int) -> float:
         w = min(1.0, (s + 1) / cfg.warmup) if cfg.warmup else 1.0
-        if cfg.lr_schedule == "constant": return w
+        if cfg.lr_schedule == "constant":
+            return w
         t = min(max(s - cfg.warmup, 0), total) / max(1, total - cfg.warmup)
         return w * ((1.0 - t) if cfg.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * t)))
+
     return f
 
-def image_grid(images: np.ndarray,  # uint8 [B, H, W, 3]
-               cols: int,  # images per row (the group size)
-               max_rows: int = 4,  # rows shown
-               pad: int = 2,  # white pixels between images
-               ) -> np.ndarray:  # uint8 [rows·(H+pad)-pad, cols·(W+pad)-pad, 3]
+
+def image_grid(
+    images: np.ndarray,  # uint8 [B, H, W, 3]
+    cols: int,  # images per row (the group size)
+    max_rows: int = 4,  # rows shown
+    pad: int = 2,  # white pixels between images
+) -> np.ndarray:  # uint8 [rows·(H+pad)-pad, cols·(W+pad)-pad, 3]
     "A grid of images, one group per row."
     B, H, W, _ = images.shape
     rows = min(max_rows, math.ceil(B / cols))
     out = np.full((rows * (H + pad) - pad, cols * (W + pad) - pad, 3), 255, np.uint8)
     for i in range(min(B, rows * cols)):
         r, c = divmod(i, cols)
-        out[r * (H + pad):r * (H + pad) + H, c * (W + pad):c * (W + pad) + W] = images[i]
+        out[r * (H + pad) : r * (H + pad) + H, c * (W + pad) : c * (W + pad) + W] = images[i]
     return out
 
+
 REFERENCE_COPIES = 0  # how many reference models this process has built (tests: none when beta == 0)
+
 
 def make_reference(model: torch.nn.Module) -> torch.nn.Module:  # the initial transformer
     "A frozen deep copy of the initial transformer (the KL reference); counted in REFERENCE_COPIES."
@@ -152,41 +185,55 @@ def make_reference(model: torch.nn.Module) -> torch.nn.Module:  # the initial tr
 # %% ../../nbs/rl/08_trainer.ipynb #bd978216
 def clean_stale(run_dir: Path):  # the run folder (holds checkpoints/)
     "Remove temporary folders left by a checkpoint write that was killed."
-    d = Path(run_dir)/"checkpoints"
+    d = Path(run_dir) / "checkpoints"
     if d.is_dir():
         for p in d.iterdir():
-            if p.name.startswith(".step_") and p.is_dir(): shutil.rmtree(p, ignore_errors=True)
+            if p.name.startswith(".step_") and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
 
-def truncate_dvclive(live_dir: Path,  # the dvclive folder
-                     step: int):  # keep rows with step <= this
+
+def truncate_dvclive(
+    live_dir: Path,  # the dvclive folder
+    step: int,
+):  # keep rows with step <= this
     "Drop metric rows logged after `step` (they belong to iterations that will be re-run)."
-    plots = Path(live_dir)/"plots"/"metrics"
-    if not plots.is_dir(): return
+    plots = Path(live_dir) / "plots" / "metrics"
+    if not plots.is_dir():
+        return
     for f in plots.rglob("*.tsv"):
         rows = list(csv.reader(io.StringIO(f.read_text()), delimiter="\t"))
-        if not rows or "step" not in rows[0]: continue
+        if not rows or "step" not in rows[0]:
+            continue
         i = rows[0].index("step")
         keep = [rows[0]] + [r for r in rows[1:] if len(r) > i and int(r[i]) <= step]
         if len(keep) != len(rows):
-            buf = io.StringIO(); csv.writer(buf, delimiter="\t", lineterminator="\n").writerows(keep)
+            buf = io.StringIO()
+            csv.writer(buf, delimiter="\t", lineterminator="\n").writerows(keep)
             write_text_atomic(f, buf.getvalue())
 
 # %% ../../nbs/rl/08_trainer.ipynb #e30e4f92
 def _read_prompts(cfg: RLConfig, prompts):
     from maskfocus import geneval
+
     if prompts is None:
         p = Path(cfg.train_prompts)
-        if not p.is_absolute() and not p.exists() and (root := repo_root()) is not None: p = root/p
+        if not p.is_absolute() and not p.exists() and (root := repo_root()) is not None:
+            p = root / p
         prompts = geneval.read_metadata(p)
-    elif isinstance(prompts, (str, Path)): prompts = geneval.read_metadata(prompts)
+    elif isinstance(prompts, (str, Path)):
+        prompts = geneval.read_metadata(prompts)
     prompts = list(prompts)
-    if not prompts: raise InputError("no training prompts", field="prompts")
+    if not prompts:
+        raise InputError("no training prompts", field="prompts")
     for i, m in enumerate(prompts):
-        if not isinstance(m, dict) or not isinstance(m.get("prompt"), str): raise InputError("each prompt must be a metadata dict with a 'prompt' string", field=f"prompts[{i}]")
+        if not isinstance(m, dict) or not isinstance(m.get("prompt"), str):
+            raise InputError("each prompt must be a metadata dict with a 'prompt' string", field=f"prompts[{i}]")
     return prompts
+
 
 def _estimator(cfg: RLConfig, mask_id: int):
     return make_estimator(cfg.estimator, mask_id=int(mask_id), **cfg.estimator_knobs())
+
 
 def _plan_group(cfg, est, traj, tokenizer, it, g, part, dev):
     "Selection and plan of one group (or part): a list over inner iterations of a list of StepBatches (columns)."
@@ -194,61 +241,94 @@ def _plan_group(cfg, est, traj, tokenizer, it, g, part, dev):
     if cfg.estimator == "remask_schedule":
         seed = est.draw_seed(gp)
         return [est.plan(traj, None, gp, inner=j, seed=seed) for j in range(cfg.mu)], None
-    if cfg.estimator == "trajectory_replay" and cfg.strategy == "all": sel = None
-    else: sel = select_steps(traj, tokenizer, cfg.K, cfg.strategy, cfg.per, gs, p=cfg.p, frac=cfg.frac, alignment=cfg.alignment)
+    if cfg.estimator == "trajectory_replay" and cfg.strategy == "all":
+        sel = None
+    else:
+        sel = select_steps(
+            traj, tokenizer, cfg.K, cfg.strategy, cfg.per, gs, p=cfg.p, frac=cfg.frac, alignment=cfg.alignment
+        )
     plan = est.plan(traj, sel, gp, inner=0)
     return [plan] * cfg.mu, sel
+
 
 def _step_hist(plans, N: int) -> torch.Tensor:
     "Counts of trained steps (per sample and planned batch) over 0..N-1."
     h = torch.zeros(N, dtype=torch.float64)
     seen = set()
     for plan in plans:
-        if id(plan) in seen: continue
+        if id(plan) in seen:
+            continue
         seen.add(id(plan))
         for b in plan:
             s = b.extra.get("step")
-            if isinstance(s, torch.Tensor): h += torch.bincount(s.long().cpu(), minlength=N)[:N].double()
-            elif isinstance(s, int): h[s] += b.inputs.shape[0]
+            if isinstance(s, torch.Tensor):
+                h += torch.bincount(s.long().cpu(), minlength=N)[:N].double()
+            elif isinstance(s, int):
+                h[s] += b.inputs.shape[0]
     return h
 
-def train(cfg: RLConfig,  # the run's configuration (a preset + overrides, see maskfocus.rl.config)
-          base: str | Path,  # the base pipeline folder (MaskedPipeline.load)
-          out: str | Path,  # run folder: checkpoints and dvclive under out/run, the trained pipeline in out/final
-          resume: bool | str = True,  # continue from the latest checkpoint in out/run (refused if of another config); False: discard them; "auto": resume, or start over if the config changed (pipelines)
-          progress: bool = True,  # tqdm bar (main process only)
-          max_iterations: int | None = None,  # stop after this many iterations in this call (tests); None: until cfg.iterations
-          prompts: str | Path | Sequence[dict] | None = None,  # training metadata (default: cfg.train_prompts)
-          reward_fn: Callable | None = None,  # a reward (maskfocus.rl.rewards protocol) replacing make_reward(cfg.reward)
-          debug_grads_path: str | Path | None = None,  # save the synced gradients of this call's first update here (safetensors)
-          cpu: bool = False,  # force the CPU even where a GPU is visible
-          report: str | Path | None = None,  # folder for the run's metrics (dvclive/) and train_summary.json (default: dvclive under out/run)
-          ) -> dict:
+
+def train(
+    cfg: RLConfig,  # the run's configuration (a preset + overrides, see maskfocus.rl.config)
+    base: str | Path,  # the base pipeline folder (MaskedPipeline.load)
+    out: str | Path,  # run folder: checkpoints and dvclive under out/run, the trained pipeline in out/final
+    resume: bool
+    | str = True,  # continue from the latest checkpoint in out/run (refused if of another config); False: discard them; "auto": resume, or start over if the config changed (pipelines)
+    progress: bool = True,  # tqdm bar (main process only)
+    max_iterations: int
+    | None = None,  # stop after this many iterations in this call (tests); None: until cfg.iterations
+    prompts: str | Path | Sequence[dict] | None = None,  # training metadata (default: cfg.train_prompts)
+    reward_fn: Callable | None = None,  # a reward (maskfocus.rl.rewards protocol) replacing make_reward(cfg.reward)
+    debug_grads_path: str
+    | Path
+    | None = None,  # save the synced gradients of this call's first update here (safetensors)
+    cpu: bool = False,  # force the CPU even where a GPU is visible
+    report: str
+    | Path
+    | None = None,  # folder for the run's metrics (dvclive/) and train_summary.json (default: dvclive under out/run)
+) -> dict:
     "Train the pipeline's transformer with GRPO as configured; resumable exactly; returns a summary of this call."
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
     from tqdm.auto import tqdm
+
     t_start = time.perf_counter()
     acc = Accelerator(cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
     W, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
-    set_seed(cfg.seed, device_specific=True)  # the global RNGs (the trainer draws from its own generators): identical runs save identical checkpoints; a resume restores them
-    out = Path(out); run_dir = out/"run"
-    live_dir = Path(report)/"dvclive" if report is not None else run_dir/"dvclive"
-    if resume not in (True, False, "auto"): raise InputError(f"resume must be True, False or 'auto', got {resume!r}", field="resume")
+    set_seed(
+        cfg.seed, device_specific=True
+    )  # the global RNGs (the trainer draws from its own generators): identical runs save identical checkpoints; a resume restores them
+    out = Path(out)
+    run_dir = out / "run"
+    live_dir = Path(report) / "dvclive" if report is not None else run_dir / "dvclive"
+    if resume not in (True, False, "auto"):
+        raise InputError(f"resume must be True, False or 'auto', got {resume!r}", field="resume")
     budgets = derived_budgets(cfg, W)
     metas_all = _read_prompts(cfg, prompts)
     weights = prompt_weights(metas_all, cfg.prompt_sampling)
-    dev = torch.device("cpu") if acc.device.type == "cpu" else acc.device  # multi-CPU accelerate says "cpu:0", which safetensors refuses
+    dev = (
+        torch.device("cpu") if acc.device.type == "cpu" else acc.device
+    )  # multi-CPU accelerate says "cpu:0", which safetensors refuses
     pipe = MaskedPipeline.load(base, device=dev)
     transformer, text, tok = pipe.transformer, pipe.text_encoder, pipe.tokenizer
     for m in (text, tok):
-        if isinstance(m, torch.nn.Module): m.requires_grad_(False).eval()
+        if isinstance(m, torch.nn.Module):
+            m.requires_grad_(False).eval()
     transformer.eval().requires_grad_(True)
     budgets.update(derived_budgets(cfg, W, hw=pipe.grid[0] * pipe.grid[1]))
     reference = make_reference(transformer) if cfg.beta > 0 else None
     est = _estimator(cfg, transformer.mask_token_id)
-    reward = reward_fn if reward_fn is not None else make_reward(cfg.reward, clip_model=cfg.clip_model, remotes=cfg.reward_servers, timeout=cfg.reward_timeout,
-                                                                  monitor="judge" if cfg.reward_monitor == "judge" else None)
+    reward = (
+        reward_fn
+        if reward_fn is not None
+        else make_reward(
+            cfg.reward,
+            clip_model=cfg.clip_model,
+            remotes=cfg.reward_servers,
+            timeout=cfg.reward_timeout,
+            monitor="judge" if cfg.reward_monitor == "judge" else None,
+        )
+    )
     params = [p for p in transformer.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
@@ -256,24 +336,31 @@ def train(cfg: RLConfig,  # the run's configuration (a preset + overrides, see m
     modules, gens = {"transformer": transformer}, {"data": data_rng}
     start = 0
     if main:
-        if not resume and (run_dir/"checkpoints").is_dir(): shutil.rmtree(run_dir/"checkpoints")  # a fresh start must not resume old ones later
+        if not resume and (run_dir / "checkpoints").is_dir():
+            shutil.rmtree(run_dir / "checkpoints")  # a fresh start must not resume old ones later
         clean_stale(run_dir)
     acc.wait_for_everyone()
     if resume == "auto" and list_checkpoints(run_dir):
         ck = list_checkpoints(run_dir)[-1]
-        if json.loads((ck/"state.json").read_text()).get("extra", {}).get("config") != cfg.fingerprint():
+        if json.loads((ck / "state.json").read_text()).get("extra", {}).get("config") != cfg.fingerprint():
             if main:
                 print(f"train: the checkpoints in {run_dir} are of another configuration: starting over", flush=True)
-                shutil.rmtree(run_dir/"checkpoints")
+                shutil.rmtree(run_dir / "checkpoints")
             acc.wait_for_everyone()
     if resume and list_checkpoints(run_dir):
         ck = list_checkpoints(run_dir)[-1]
         st = load_checkpoint(ck, modules, opt, sched, gens)
         saved = st["extra"].get("config")
         if saved != cfg.fingerprint():
-            diff = sorted(k for k in set(saved or {}) | set(cfg.fingerprint()) if (saved or {}).get(k) != cfg.fingerprint().get(k))
-            raise InputError(f"the checkpoint was made with another configuration (differs in: {', '.join(diff)}); "
-                             "use another --out or --fresh", file=ck/"state.json", field=diff[0] if diff else None)
+            diff = sorted(
+                k for k in set(saved or {}) | set(cfg.fingerprint()) if (saved or {}).get(k) != cfg.fingerprint().get(k)
+            )
+            raise InputError(
+                f"the checkpoint was made with another configuration (differs in: {', '.join(diff)}); "
+                "use another --out or --fresh",
+                file=ck / "state.json",
+                field=diff[0] if diff else None,
+            )
         start = st["step"]
     model = acc.prepare_model(transformer)
     end = cfg.iterations if max_iterations is None else min(cfg.iterations, start + max_iterations)
@@ -283,14 +370,20 @@ def train(cfg: RLConfig,  # the run's configuration (a preset + overrides, see m
     dr = cfg.dr_config()
     if main:
         n_params = sum(p.numel() for p in params)
-        print(f"train: {W} process(es), transformer {n_params / 1e6:.3f} M trainable params, reference model: {reference is not None}, "
-              f"iterations {start} -> {end} of {cfg.iterations}\nderived budgets (per process, per iteration):\n{format_budgets(budgets)}", flush=True)
+        print(
+            f"train: {W} process(es), transformer {n_params / 1e6:.3f} M trainable params, reference model: {reference is not None}, "
+            f"iterations {start} -> {end} of {cfg.iterations}\nderived budgets (per process, per iteration):\n{format_budgets(budgets)}",
+            flush=True,
+        )
     history, no_grad, first_update, last_ck = [], None, True, None
     live = None
     if main:
         from dvclive import Live
-        if start > 0: truncate_dvclive(live_dir, start)
-        elif live_dir.exists(): shutil.rmtree(live_dir)  # metrics of an abandoned run
+
+        if start > 0:
+            truncate_dvclive(live_dir, start)
+        elif live_dir.exists():
+            shutil.rmtree(live_dir)  # metrics of an abandoned run
         live = Live(str(live_dir), resume=start > 0, report=None, save_dvc_exp=False, dvcyaml=None)
     bar = tqdm(range(start, end), initial=start, total=cfg.iterations, disable=not (progress and main), desc="train")
     try:
@@ -302,8 +395,17 @@ def train(cfg: RLConfig,  # the run's configuration (a preset + overrides, see m
             trajs = []
             for g, lo, hi in segs:
                 part = None if hi - lo == G else lo - g * G
-                trajs.append(rollout(pipe, [gmetas[g]["prompt"]], hi - lo, N=N, cfg=cfg.cfg,
-                                     generator=unit_generator(cfg.seed, it, g, part, "rollout", dev), dr=dr))
+                trajs.append(
+                    rollout(
+                        pipe,
+                        [gmetas[g]["prompt"]],
+                        hi - lo,
+                        N=N,
+                        cfg=cfg.cfg,
+                        generator=unit_generator(cfg.seed, it, g, part, "rollout", dev),
+                        dr=dr,
+                    )
+                )
             local_metas = [gmetas[g] for g, lo, hi in segs for _ in range(lo, hi)]
             local_prompts = [m["prompt"] for m in local_metas]
             tokens = torch.cat([t.tokens for t in trajs])
@@ -317,40 +419,66 @@ def train(cfg: RLConfig,  # the run's configuration (a preset + overrides, see m
             rparts = gather_object([(reward_metrics(rinfo), tag_counts(local_metas), len(local_metas))])
             t2 = time.perf_counter()
             # ---- selection and plan ----
-            per_group = [_plan_group(cfg, est, tr, tok, it, g, None if hi - lo == G else lo - g * G, dev) for tr, (g, lo, hi) in zip(trajs, segs)]
-            distinct = cfg.mu if cfg.estimator == "remask_schedule" else 1  # other estimators: one plan reused by every inner iteration
-            plans = [[cat_batches([pg[0][j][k] for pg in per_group]) for k in range(len(per_group[0][0][j]))] for j in range(distinct)]
+            per_group = [
+                _plan_group(cfg, est, tr, tok, it, g, None if hi - lo == G else lo - g * G, dev)
+                for tr, (g, lo, hi) in zip(trajs, segs)
+            ]
+            distinct = (
+                cfg.mu if cfg.estimator == "remask_schedule" else 1
+            )  # other estimators: one plan reused by every inner iteration
+            plans = [
+                [cat_batches([pg[0][j][k] for pg in per_group]) for k in range(len(per_group[0][0][j]))]
+                for j in range(distinct)
+            ]
             plans = plans * (cfg.mu // distinct)
             hist = _step_hist(plans, N)
             t3 = time.perf_counter()
             # ---- update ----
-            with torch.no_grad(): th, pooled = pipe.encode_prompts(local_prompts)
-            n_local = torch.tensor([[float(b.score_mask.sum()) for b in plan] for plan in plans], dtype=torch.float64, device=dev)
+            with torch.no_grad():
+                th, pooled = pipe.encode_prompts(local_prompts)
+            n_local = torch.tensor(
+                [[float(b.score_mask.sum()) for b in plan] for plan in plans], dtype=torch.float64, device=dev
+            )
             n_global = acc.reduce(n_local.clone(), "sum") if W > 1 else n_local
             ref_lp, old_lp = {}, {}
             unwrapped = acc.unwrap_model(model)
             with torch.no_grad():
-                if cfg.estimator == "remask_schedule":  # old policy of iterations 1..mu-1: before the first optimizer step
+                if (
+                    cfg.estimator == "remask_schedule"
+                ):  # old policy of iterations 1..mu-1: before the first optimizer step
                     for j in range(1, cfg.mu):
-                        for k, b in enumerate(plans[j]): old_lp[(j, k)] = step_logps(unwrapped, b, th, pooled, micro, est)
+                        for k, b in enumerate(plans[j]):
+                            old_lp[(j, k)] = step_logps(unwrapped, b, th, pooled, micro, est)
                 if reference is not None:
                     for j, plan in enumerate(plans):
                         for k, b in enumerate(plan):
                             key = (j if cfg.estimator == "remask_schedule" else 0, k)
-                            if key not in ref_lp: ref_lp[key] = step_logps(reference, b, th, pooled, micro, est)
+                            if key not in ref_lp:
+                                ref_lp[key] = step_logps(reference, b, th, pooled, micro, est)
             stats = []
             gnorm = 0.0
             for j, plan in enumerate(plans):
                 opt.zero_grad(set_to_none=True)
                 for k, b in enumerate(plan):
                     sync = k == len(plan) - 1
-                    with (contextlib.nullcontext() if sync else acc.no_sync(model)):
+                    with contextlib.nullcontext() if sync else acc.no_sync(model):
                         lp, logits = step_logps(model, b, th, pooled, micro, est, return_logits=True)
                         okey = (j, k) if cfg.estimator == "remask_schedule" else (0, k)
-                        if okey not in old_lp: old_lp[okey] = lp.detach()
+                        if okey not in old_lp:
+                            old_lp[okey] = lp.detach()
                         rkey = (j if cfg.estimator == "remask_schedule" else 0, k)
-                        loss, st = grpo_loss(lp, old_lp[okey], adv, b.score_mask, ref_lp.get(rkey), beta=cfg.beta, clip=cfg.clip,
-                                             ratio_level=cfg.ratio_level, token_mean=cfg.token_mean, logits=logits)
+                        loss, st = grpo_loss(
+                            lp,
+                            old_lp[okey],
+                            adv,
+                            b.score_mask,
+                            ref_lp.get(rkey),
+                            beta=cfg.beta,
+                            clip=cfg.clip,
+                            ratio_level=cfg.ratio_level,
+                            token_mean=cfg.token_mean,
+                            logits=logits,
+                        )
                         scale = 1.0 / len(plan) if cfg.step_loss == "mean" else 1.0
                         if cfg.token_mean == "batch" and cfg.ratio_level == "token" and W > 1:
                             scale *= float(n_local[j, k]) * W / max(float(n_global[j, k]), 1.0)
@@ -358,81 +486,165 @@ def train(cfg: RLConfig,  # the run's configuration (a preset + overrides, see m
                     stats.append(st)
                     del lp, logits, loss
                 if first_update:
-                    no_grad = [n for n, p in unwrapped.named_parameters() if p.requires_grad and (p.grad is None or not bool(p.grad.any()))]
+                    no_grad = [
+                        n
+                        for n, p in unwrapped.named_parameters()
+                        if p.requires_grad and (p.grad is None or not bool(p.grad.any()))
+                    ]
                     if debug_grads_path is not None and main:
                         from safetensors.torch import save_file
-                        grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().cpu().contiguous().clone()
-                                 for n, p in unwrapped.named_parameters() if p.requires_grad}
-                        with atomic_write(debug_grads_path) as tmpf: save_file(grads, str(tmpf), metadata={"world_size": str(W), "iteration": str(it)})
+
+                        grads = {
+                            n: (p.grad if p.grad is not None else torch.zeros_like(p))
+                            .detach()
+                            .cpu()
+                            .contiguous()
+                            .clone()
+                            for n, p in unwrapped.named_parameters()
+                            if p.requires_grad
+                        }
+                        with atomic_write(debug_grads_path) as tmpf:
+                            save_file(grads, str(tmpf), metadata={"world_size": str(W), "iteration": str(it)})
                     first_update = False
-                if cfg.grad_clip > 0: gnorm = float(acc.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-                else: gnorm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+                if cfg.grad_clip > 0:
+                    gnorm = float(acc.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+                else:
+                    gnorm = float(
+                        torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+                    )
                 lr_used = sched.get_last_lr()[0]
-                opt.step(); sched.step()
+                opt.step()
+                sched.step()
             t4 = time.perf_counter()
             # ---- metrics ----
             explore = torch.cat([t.explore for t in trajs], 1).float()
             ent = torch.cat([t.entropy for t in trajs], 1)
             keys = ("loss", "pg_loss", "kl", "clip_frac", "ratio_mean", "entropy")
-            loc = torch.tensor([np.mean([s.get(k, 0.0) for s in stats]) for k in keys] + [max(s["ratio_max"] for s in stats),
-                               sum(s["n_tokens"] for s in stats), float(explore.mean()), float(ent.mean())], dtype=torch.float64, device=dev)
+            loc = torch.tensor(
+                [np.mean([s.get(k, 0.0) for s in stats]) for k in keys]
+                + [
+                    max(s["ratio_max"] for s in stats),
+                    sum(s["n_tokens"] for s in stats),
+                    float(explore.mean()),
+                    float(ent.mean()),
+                ],
+                dtype=torch.float64,
+                device=dev,
+            )
             glob = acc.gather(loc[None]).double().cpu() if W > 1 else loc[None].cpu()
             hist_g = acc.reduce(hist.to(dev), "sum").cpu() if W > 1 else hist
             met = merge_reward_metrics(rparts, all_scores.cpu().numpy())
             met.update({f"update/{k}": float(glob[:, i].mean()) for i, k in enumerate(keys)})
-            met.update({"update/ratio_max": float(glob[:, 6].max()), "update/scored_tokens": float(glob[:, 7].sum()),
-                        "rollout/explore_frac": float(glob[:, 8].mean()), "rollout/entropy": float(glob[:, 9].mean()),
-                        "advantage/zero_std_frac": ainfo["zero_std_frac"], "advantage/reward_std": ainfo["reward_std"],
-                        "update/grad_norm": gnorm, "update/lr": lr_used,
-                        "select/mean_step": float((hist_g * torch.arange(N)).sum() / hist_g.sum().clamp(min=1)),
-                        "time/rollout": t1 - t0, "time/reward": t2 - t1, "time/selection": t3 - t2, "time/update": t4 - t3})
+            met.update(
+                {
+                    "update/ratio_max": float(glob[:, 6].max()),
+                    "update/scored_tokens": float(glob[:, 7].sum()),
+                    "rollout/explore_frac": float(glob[:, 8].mean()),
+                    "rollout/entropy": float(glob[:, 9].mean()),
+                    "advantage/zero_std_frac": ainfo["zero_std_frac"],
+                    "advantage/reward_std": ainfo["reward_std"],
+                    "update/grad_norm": gnorm,
+                    "update/lr": lr_used,
+                    "select/mean_step": float((hist_g * torch.arange(N)).sum() / hist_g.sum().clamp(min=1)),
+                    "time/rollout": t1 - t0,
+                    "time/reward": t2 - t1,
+                    "time/selection": t3 - t2,
+                    "time/update": t4 - t3,
+                }
+            )
             met.update({f"select/hist/{s:03d}": float(hist_g[s]) for s in range(N)})
-            if cfg.eval_every and (it + 1) % cfg.eval_every == 0: met.update(_evaluate(cfg, pipe, acc))
+            if cfg.eval_every and (it + 1) % cfg.eval_every == 0:
+                met.update(_evaluate(cfg, pipe, acc))
             met["time/iteration"] = time.perf_counter() - t0
             history.append({"iteration": it + 1, **met})
             if main:
                 live.step = it + 1
-                for k, v in met.items(): live.log_metric(k, v)
+                for k, v in met.items():
+                    live.log_metric(k, v)
                 if cfg.log_images_every and ((it + 1) % cfg.log_images_every == 0 or it == start):
                     from PIL import Image
-                    live.log_image(f"rollouts/iter_{it + 1:06d}.png", Image.fromarray(image_grid(images, trajs[0].group_size)))
+
+                    live.log_image(
+                        f"rollouts/iter_{it + 1:06d}.png", Image.fromarray(image_grid(images, trajs[0].group_size))
+                    )
                 bar.set_postfix(reward=f"{met.get('reward/mean', float('nan')):.3f}", kl=f"{met['update/kl']:.4f}")
             # ---- checkpoint ----
             if (cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0) or it + 1 == end:
                 if main:
-                    last_ck = save_checkpoint(run_dir, it + 1, {"transformer": unwrapped}, opt, sched, gens,
-                                              extra={"iteration": it + 1, "config": cfg.fingerprint(), "world_size": W,
-                                                     "reward_mean": met.get("reward/mean")}, keep=cfg.keep_checkpoints)
+                    last_ck = save_checkpoint(
+                        run_dir,
+                        it + 1,
+                        {"transformer": unwrapped},
+                        opt,
+                        sched,
+                        gens,
+                        extra={
+                            "iteration": it + 1,
+                            "config": cfg.fingerprint(),
+                            "world_size": W,
+                            "reward_mean": met.get("reward/mean"),
+                        },
+                        keep=cfg.keep_checkpoints,
+                    )
                 acc.wait_for_everyone()
     finally:
         bar.close()
-        if live is not None: live.end()
+        if live is not None:
+            live.end()
     final = None
     if end == cfg.iterations:
-        final = out/"final"
+        final = out / "final"
         if main:
             MaskedPipeline(acc.unwrap_model(model), text, tok, pipe.sampling).save(final)
-            summary = {"config": cfg.to_dict(), "iterations": end, "world_size": W, "budgets": budgets, "last": history[-1] if history else None}
-            write_json_atomic(out/"train_summary.json", summary)
-            if report is not None: write_json_atomic(Path(report)/"train_summary.json", summary)
+            summary = {
+                "config": cfg.to_dict(),
+                "iterations": end,
+                "world_size": W,
+                "budgets": budgets,
+                "last": history[-1] if history else None,
+            }
+            write_json_atomic(out / "train_summary.json", summary)
+            if report is not None:
+                write_json_atomic(Path(report) / "train_summary.json", summary)
         acc.wait_for_everyone()
-    return {"start": start, "end": end, "iterations": cfg.iterations, "world_size": W, "rank": rank, "history": history,
-            "has_reference": reference is not None, "params_without_grad": no_grad, "budgets": budgets,
-            "checkpoint": str(last_ck) if last_ck else (str(list_checkpoints(run_dir)[-1]) if list_checkpoints(run_dir) else None),
-            "final": str(final) if final else None, "wall_s": time.perf_counter() - t_start}
+    return {
+        "start": start,
+        "end": end,
+        "iterations": cfg.iterations,
+        "world_size": W,
+        "rank": rank,
+        "history": history,
+        "has_reference": reference is not None,
+        "params_without_grad": no_grad,
+        "budgets": budgets,
+        "checkpoint": str(last_ck)
+        if last_ck
+        else (str(list_checkpoints(run_dir)[-1]) if list_checkpoints(run_dir) else None),
+        "final": str(final) if final else None,
+        "wall_s": time.perf_counter() - t_start,
+    }
+
 
 def _evaluate(cfg: RLConfig, pipe: MaskedPipeline, acc) -> dict:
     "Judge accuracy on the first test prompts (main process; the others wait)."
     from maskfocus.toy.evaluate import evaluate_pipeline
     from maskfocus import geneval
+
     out = {}
     if acc.is_main_process:
         p = Path(cfg.test_prompts)
-        if not p.is_absolute() and not p.exists() and (root := repo_root()) is not None: p = root/p
-        metas = geneval.read_metadata(p)[:cfg.eval_prompts]
+        if not p.is_absolute() and not p.exists() and (root := repo_root()) is not None:
+            p = root / p
+        metas = geneval.read_metadata(p)[: cfg.eval_prompts]
         t = time.perf_counter()
-        summ, _, _ = evaluate_pipeline(pipe, metas, per_prompt=cfg.eval_per_prompt, seed=cfg.seed, steps=cfg.steps, cfg=cfg.cfg)
-        out = {"eval/accuracy": summ["overall"], **{f"eval/tag/{t_}": v for t_, v in summ["tags"].items()}, "time/eval": time.perf_counter() - t}
+        summ, _, _ = evaluate_pipeline(
+            pipe, metas, per_prompt=cfg.eval_per_prompt, seed=cfg.seed, steps=cfg.steps, cfg=cfg.cfg
+        )
+        out = {
+            "eval/accuracy": summ["overall"],
+            **{f"eval/tag/{t_}": v for t_, v in summ["tags"].items()},
+            "time/eval": time.perf_counter() - t,
+        }
     acc.wait_for_everyone()
     return out
 
@@ -440,70 +652,133 @@ def _evaluate(cfg: RLConfig, pipe: MaskedPipeline, acc) -> dict:
 def parse_sets(pairs: Sequence[str]) -> dict:  # "key=value" strings
     "Parse --set key=value pairs (values as JSON, else YAML)."
     import yaml
+
     out = {}
     for s in pairs:
-        if "=" not in s: raise InputError(f"--set expects key=value, got {s!r}", file="--set", field=s)
+        if "=" not in s:
+            raise InputError(f"--set expects key=value, got {s!r}", file="--set", field=s)
         k, v = s.split("=", 1)
-        try: out[k.strip()] = json.loads(v)  # numbers like 3e-5, true/false, [0.1, 0.2], null
+        try:
+            out[k.strip()] = json.loads(v)  # numbers like 3e-5, true/false, [0.1, 0.2], null
         except ValueError:
-            try: out[k.strip()] = yaml.safe_load(v)  # bare strings, yes/no, ...
-            except yaml.YAMLError: raise InputError(f"cannot parse the value {v!r}", file="--set", field=k.strip()) from None
+            try:
+                out[k.strip()] = yaml.safe_load(v)  # bare strings, yes/no, ...
+            except yaml.YAMLError:
+                raise InputError(f"cannot parse the value {v!r}", file="--set", field=k.strip()) from None
     return out
+
 
 def build_train_parser() -> argparse.ArgumentParser:
     "Arguments of `maskfocus train`."
-    p = argparse.ArgumentParser(prog="maskfocus train", description="GRPO post-training of a masked image model (MaskFocus and baselines)")
-    p.add_argument("--preset", default=None, help=f"method preset: {', '.join(PRESETS)} (default: the section's `preset`, else maskfocus)")
+    p = argparse.ArgumentParser(
+        prog="maskfocus train", description="GRPO post-training of a masked image model (MaskFocus and baselines)"
+    )
+    p.add_argument(
+        "--preset",
+        default=None,
+        help=f"method preset: {', '.join(PRESETS)} (default: the section's `preset`, else maskfocus)",
+    )
     p.add_argument("--seed", type=int, default=None, help="run seed (overrides the config)")
     p.add_argument("--base", required=True, help="base pipeline folder (e.g. models/base)")
-    p.add_argument("--out", required=True, help="run folder: run/ (checkpoints, dvclive) and final/ (the trained pipeline)")
+    p.add_argument(
+        "--out", required=True, help="run folder: run/ (checkpoints, dvclive) and final/ (the trained pipeline)"
+    )
     p.add_argument("--params", default=None, help="YAML file with a section of RLConfig overrides")
     p.add_argument("--section", default="train", help="section of --params to read (default: train)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one RLConfig field (repeatable; dr.* and reward.* may be dotted)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one RLConfig field (repeatable; dr.* and reward.* may be dotted)",
+    )
     p.add_argument("--iterations", type=int, default=None, help="total RL iterations (overrides the config)")
-    p.add_argument("--max-iterations", type=int, default=None, help="stop after this many iterations in this call (resume later)")
+    p.add_argument(
+        "--max-iterations", type=int, default=None, help="stop after this many iterations in this call (resume later)"
+    )
     p.add_argument("--prompts", default=None, help="training metadata jsonl (default: the config's train_prompts)")
     p.add_argument("--fresh", action="store_true", help="discard existing checkpoints in --out/run and start over")
-    p.add_argument("--restart-on-change", action="store_true", help="resume if the checkpoints are of this config, else start over (for pipelines; default: refuse)")
-    p.add_argument("--report", default=None, help="folder for the metrics (dvclive/) and train_summary.json (default: dvclive in --out/run)")
+    p.add_argument(
+        "--restart-on-change",
+        action="store_true",
+        help="resume if the checkpoints are of this config, else start over (for pipelines; default: refuse)",
+    )
+    p.add_argument(
+        "--report",
+        default=None,
+        help="folder for the metrics (dvclive/) and train_summary.json (default: dvclive in --out/run)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is visible")
     p.add_argument("--debug-grads", default=None, help="save the synced gradients of the first update (safetensors)")
     return p
+
 
 def config_from_args(args) -> RLConfig:  # parsed `build_train_parser` arguments
     "The RLConfig of a command line: preset, params section (with its `per_preset` entry for this preset), --set, --seed, --iterations."
     section, file = {}, None
     if args.params:
         from maskfocus.core import read_params
+
         section, file = dict(read_params(args.params, args.section)), str(args.params)
     preset = args.preset or section.pop("preset", "maskfocus")
     section.pop("preset", None)
-    per = section.pop("per_preset", None) or {}  # {preset: {knob: value}}: a method's own tuned knobs, over the shared ones
+    per = (
+        section.pop("per_preset", None) or {}
+    )  # {preset: {knob: value}}: a method's own tuned knobs, over the shared ones
     if not isinstance(per, dict) or not all(isinstance(v, dict) for v in per.values()):
-        raise InputError(f"per_preset must map preset names to {{knob: value}} mappings, got {per!r}", file=file, field="per_preset")
+        raise InputError(
+            f"per_preset must map preset names to {{knob: value}} mappings, got {per!r}", file=file, field="per_preset"
+        )
     for name in per:
-        if name not in PRESETS: raise InputError(f"per_preset names an unknown preset {name!r} (known: {', '.join(PRESETS)})", file=file, field=f"per_preset.{name}")
+        if name not in PRESETS:
+            raise InputError(
+                f"per_preset names an unknown preset {name!r} (known: {', '.join(PRESETS)})",
+                file=file,
+                field=f"per_preset.{name}",
+            )
     section.update(per.get(preset, {}))
     make_config(preset, section, file=file)  # errors in the file name the file
     sets = parse_sets(args.set)
-    if args.seed is not None: sets["seed"] = args.seed
-    if args.iterations is not None: sets["iterations"] = args.iterations
+    if args.seed is not None:
+        sets["seed"] = args.seed
+    if args.iterations is not None:
+        sets["iterations"] = args.iterations
     return make_config(preset, {**section, **sets}, file="--set" if sets else file)
+
 
 def train_main(argv: Sequence[str] | None = None) -> int:  # arguments (default: sys.argv[1:])
     "Entry point of `maskfocus train`; input errors exit with status 2 and one clear line."
     args = build_train_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
-        s = train(cfg, args.base, args.out, resume=False if args.fresh else ("auto" if args.restart_on_change else True),
-                  progress=not args.no_progress, max_iterations=args.max_iterations,
-                  prompts=args.prompts, debug_grads_path=args.debug_grads, cpu=args.cpu, report=args.report)
+        s = train(
+            cfg,
+            args.base,
+            args.out,
+            resume=False if args.fresh else ("auto" if args.restart_on_change else True),
+            progress=not args.no_progress,
+            max_iterations=args.max_iterations,
+            prompts=args.prompts,
+            debug_grads_path=args.debug_grads,
+            cpu=args.cpu,
+            report=args.report,
+        )
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if s["rank"] == 0:
         last = s["history"][-1] if s["history"] else {}
-        print(json.dumps({"out": str(args.out), "final": s["final"], "checkpoint": s["checkpoint"], "iterations": s["end"],
-                          "world_size": s["world_size"], "reward_mean": last.get("reward/mean")}))
+        print(
+            json.dumps(
+                {
+                    "out": str(args.out),
+                    "final": s["final"],
+                    "checkpoint": s["checkpoint"],
+                    "iterations": s["end"],
+                    "world_size": s["world_size"],
+                    "reward_mean": last.get("reward/mean"),
+                }
+            )
+        )
     return 0

@@ -27,44 +27,101 @@ __all__ = ['NON_TRAJECTORY_FIELDS', 'CONFIG_FILE', 'WEIGHTS_FILE', 'CKPT_DIR', '
            'evaluate_clip', 'train_clip_main']
 
 # %% ../../nbs/toy/04_clip.ipynb #0d5d9f7f
-def _h(text: str) -> dict: return {"help": text}
+def _h(text: str) -> dict:
+    return {"help": text}
+
 
 # fields that do not change the training trajectory: a checkpoint may be resumed with other values
 NON_TRAJECTORY_FIELDS = ("log_every", "eval_every", "eval_images", "ckpt_every", "keep_checkpoints")
 
+
 @dataclass
 class ClipConfig:
     "Architecture (an open_clip `CLIP`) and training recipe of the toy CLIP."
+
     # --- model
-    embed_dim: int = field(default=128, metadata=_h("Width of the joint image-text embedding (output of both projections); 128 = the toy transformer width, so the text tower can serve as the toy base's frozen text encoder (Meissonic: CLIP-H 1024 = its width)."))
+    embed_dim: int = field(
+        default=128,
+        metadata=_h(
+            "Width of the joint image-text embedding (output of both projections); 128 = the toy transformer width, so the text tower can serve as the toy base's frozen text encoder (Meissonic: CLIP-H 1024 = its width)."
+        ),
+    )
     image_size: int = field(default=64, metadata=_h("Input image side in pixels (the toy world renders 64x64)."))
-    patch_size: int = field(default=8, metadata=_h("ViT patch side in pixels; 8 makes the vision tokens the world's 8x8 token grid."))
+    patch_size: int = field(
+        default=8, metadata=_h("ViT patch side in pixels; 8 makes the vision tokens the world's 8x8 token grid.")
+    )
     vision_width: int = field(default=64, metadata=_h("Width of the vision transformer."))
     vision_layers: int = field(default=3, metadata=_h("Blocks of the vision transformer."))
-    vision_head_width: int = field(default=32, metadata=_h("Width of one vision attention head (heads = vision_width / vision_head_width)."))
-    text_width: int = field(default=64, metadata=_h("Width of the text transformer (= the per-token hidden width exposed to a generator)."))
+    vision_head_width: int = field(
+        default=32, metadata=_h("Width of one vision attention head (heads = vision_width / vision_head_width).")
+    )
+    text_width: int = field(
+        default=64, metadata=_h("Width of the text transformer (= the per-token hidden width exposed to a generator).")
+    )
     text_layers: int = field(default=2, metadata=_h("Blocks of the causal text transformer."))
     text_heads: int = field(default=2, metadata=_h("Attention heads of the text transformer."))
-    context_length: int = field(default=16, metadata=_h("Text tokens per prompt, start and end tokens included; the longest toy prompt needs 12."))
-    vocab_size: int = field(default=49408, metadata=_h("BPE vocabulary size; open_clip's shipped vocabulary has 49408 tokens (the OpenAI CLIP one)."))
+    context_length: int = field(
+        default=16,
+        metadata=_h("Text tokens per prompt, start and end tokens included; the longest toy prompt needs 12."),
+    )
+    vocab_size: int = field(
+        default=49408,
+        metadata=_h("BPE vocabulary size; open_clip's shipped vocabulary has 49408 tokens (the OpenAI CLIP one)."),
+    )
     mlp_ratio: float = field(default=2.0, metadata=_h("MLP hidden width / model width, both towers."))
-    image_mean: float = field(default=0.5, metadata=_h("Images in [0,1] are normalised as (x - image_mean) / image_std, every channel."))
+    image_mean: float = field(
+        default=0.5, metadata=_h("Images in [0,1] are normalised as (x - image_mean) / image_std, every channel.")
+    )
     image_std: float = field(default=0.5, metadata=_h("See image_mean; 0.5/0.5 maps [0,1] to [-1,1]."))
     # --- training
     steps: int = field(default=1000, metadata=_h("Optimizer steps."))
-    batch_size: int = field(default=64, metadata=_h("Image-caption pairs per step (the contrastive negatives are the rest of the batch)."))
-    lr: float = field(default=1e-3, metadata=_h("Peak learning rate of AdamW (betas 0.9/0.98, eps 1e-6 as open_clip's ViT recipes)."))
-    warmup_steps: int = field(default=100, metadata=_h("Linear warm-up steps from lr/warmup_steps to lr; then cosine decay."))
+    batch_size: int = field(
+        default=64, metadata=_h("Image-caption pairs per step (the contrastive negatives are the rest of the batch).")
+    )
+    lr: float = field(
+        default=1e-3, metadata=_h("Peak learning rate of AdamW (betas 0.9/0.98, eps 1e-6 as open_clip's ViT recipes).")
+    )
+    warmup_steps: int = field(
+        default=100, metadata=_h("Linear warm-up steps from lr/warmup_steps to lr; then cosine decay.")
+    )
     min_lr_ratio: float = field(default=0.0, metadata=_h("The cosine decay ends at lr * min_lr_ratio."))
-    weight_decay: float = field(default=0.1, metadata=_h("AdamW weight decay, not applied to gains, biases and the logit scale (open_clip's rule)."))
+    weight_decay: float = field(
+        default=0.1,
+        metadata=_h("AdamW weight decay, not applied to gains, biases and the logit scale (open_clip's rule)."),
+    )
     grad_clip: float = field(default=1.0, metadata=_h("Clip the global gradient norm to this value (0: off)."))
     seed: int = field(default=0, metadata=_h("Seed of the initial weights and of the data generator."))
-    prompt_frac: float = field(default=0.5, metadata=_h("Fraction of pairs drawn as a scene satisfying a random training prompt; the rest are random scenes with one of their true training captions."))
-    tag_balanced: bool = field(default=False, metadata=_h("Prompt pairs: draw a GenEval tag uniformly, then a prompt of it (false: a prompt uniformly, so mostly color_attr, 120 of 168)."))
-    hard_frac: float = field(default=0.5, metadata=_h("Chance that a position/color_attr prompt pair brings a hard negative: a scene of the same objects with colours swapped / arrangement reversed, captioned by one of its true training captions."))
-    mask_false_negatives: bool = field(default=True, metadata=_h("Do not use a caption as a negative for an image it is also true of (world.describe); false: plain open_clip ClipLoss."))
-    log_every: int = field(default=10, metadata=_h("Log the mean training loss, the lr and the logit scale every this many steps."))
-    eval_every: int = field(default=250, metadata=_h("Log held-out retrieval accuracy every this many steps and at the end (0: only at the end)."))
+    prompt_frac: float = field(
+        default=0.5,
+        metadata=_h(
+            "Fraction of pairs drawn as a scene satisfying a random training prompt; the rest are random scenes with one of their true training captions."
+        ),
+    )
+    tag_balanced: bool = field(
+        default=False,
+        metadata=_h(
+            "Prompt pairs: draw a GenEval tag uniformly, then a prompt of it (false: a prompt uniformly, so mostly color_attr, 120 of 168)."
+        ),
+    )
+    hard_frac: float = field(
+        default=0.5,
+        metadata=_h(
+            "Chance that a position/color_attr prompt pair brings a hard negative: a scene of the same objects with colours swapped / arrangement reversed, captioned by one of its true training captions."
+        ),
+    )
+    mask_false_negatives: bool = field(
+        default=True,
+        metadata=_h(
+            "Do not use a caption as a negative for an image it is also true of (world.describe); false: plain open_clip ClipLoss."
+        ),
+    )
+    log_every: int = field(
+        default=10, metadata=_h("Log the mean training loss, the lr and the logit scale every this many steps.")
+    )
+    eval_every: int = field(
+        default=250,
+        metadata=_h("Log held-out retrieval accuracy every this many steps and at the end (0: only at the end)."),
+    )
     eval_images: int = field(default=1, metadata=_h("Images per prompt in the periodic evaluation."))
     ckpt_every: int = field(default=250, metadata=_h("Write a checkpoint every this many steps and at the end."))
     keep_checkpoints: int = field(default=2, metadata=_h("Checkpoints kept on disk (the newest ones)."))
@@ -72,232 +129,411 @@ class ClipConfig:
     def __post_init__(self):
         for f in fields(self):
             v, kind = getattr(self, f.name), str(f.type)
-            if kind == "bool" and not isinstance(v, bool): raise InputError(f"must be true or false, got {v!r}", field=f.name)
-            if kind == "int" and (isinstance(v, bool) or not isinstance(v, int)): raise InputError(f"must be an integer, got {v!r}", field=f.name)
+            if kind == "bool" and not isinstance(v, bool):
+                raise InputError(f"must be true or false, got {v!r}", field=f.name)
+            if kind == "int" and (isinstance(v, bool) or not isinstance(v, int)):
+                raise InputError(f"must be an integer, got {v!r}", field=f.name)
             if kind == "float":
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v): raise InputError(f"must be a number, got {v!r}", field=f.name)
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise InputError(f"must be a number, got {v!r}", field=f.name)
                 setattr(self, f.name, float(v))
-        for name in ("embed_dim", "image_size", "patch_size", "vision_width", "vision_layers", "vision_head_width", "text_width",
-                     "text_layers", "text_heads", "context_length", "steps", "log_every", "eval_images", "ckpt_every", "keep_checkpoints"):
-            if getattr(self, name) < 1: raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name)
+        for name in (
+            "embed_dim",
+            "image_size",
+            "patch_size",
+            "vision_width",
+            "vision_layers",
+            "vision_head_width",
+            "text_width",
+            "text_layers",
+            "text_heads",
+            "context_length",
+            "steps",
+            "log_every",
+            "eval_images",
+            "ckpt_every",
+            "keep_checkpoints",
+        ):
+            if getattr(self, name) < 1:
+                raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name)
         for name in ("warmup_steps", "eval_every", "seed"):
-            if getattr(self, name) < 0: raise InputError(f"must be >= 0, got {getattr(self, name)}", field=name)
+            if getattr(self, name) < 0:
+                raise InputError(f"must be >= 0, got {getattr(self, name)}", field=name)
         for name in ("lr", "mlp_ratio", "image_std"):
-            if getattr(self, name) <= 0: raise InputError(f"must be > 0, got {getattr(self, name)}", field=name)
+            if getattr(self, name) <= 0:
+                raise InputError(f"must be > 0, got {getattr(self, name)}", field=name)
         for name in ("weight_decay", "grad_clip"):
-            if getattr(self, name) < 0: raise InputError(f"must be >= 0, got {getattr(self, name)}", field=name)
+            if getattr(self, name) < 0:
+                raise InputError(f"must be >= 0, got {getattr(self, name)}", field=name)
         for name in ("prompt_frac", "hard_frac", "min_lr_ratio"):
-            if not 0 <= getattr(self, name) <= 1: raise InputError(f"must lie in [0, 1], got {getattr(self, name)}", field=name)
-        if self.image_size % self.patch_size: raise InputError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}", field="patch_size")
-        if self.vision_width % self.vision_head_width: raise InputError(f"vision_width {self.vision_width} is not a multiple of vision_head_width {self.vision_head_width}", field="vision_head_width")
-        if self.text_width % self.text_heads: raise InputError(f"text_width {self.text_width} is not a multiple of text_heads {self.text_heads}", field="text_heads")
-        if self.context_length < 3: raise InputError(f"must be >= 3 (start token, one word, end token), got {self.context_length}", field="context_length")
-        if self.vocab_size < 49408: raise InputError(f"must be >= 49408, the size of open_clip's BPE vocabulary, got {self.vocab_size}", field="vocab_size")
-        if self.batch_size < 2: raise InputError(f"must be >= 2 (a contrastive loss needs negatives), got {self.batch_size}", field="batch_size")
-        if self.warmup_steps > self.steps: raise InputError(f"warmup_steps ({self.warmup_steps}) exceeds steps ({self.steps})", field="warmup_steps")
+            if not 0 <= getattr(self, name) <= 1:
+                raise InputError(f"must lie in [0, 1], got {getattr(self, name)}", field=name)
+        if self.image_size % self.patch_size:
+            raise InputError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}", field="patch_size"
+            )
+        if self.vision_width % self.vision_head_width:
+            raise InputError(
+                f"vision_width {self.vision_width} is not a multiple of vision_head_width {self.vision_head_width}",
+                field="vision_head_width",
+            )
+        if self.text_width % self.text_heads:
+            raise InputError(
+                f"text_width {self.text_width} is not a multiple of text_heads {self.text_heads}", field="text_heads"
+            )
+        if self.context_length < 3:
+            raise InputError(
+                f"must be >= 3 (start token, one word, end token), got {self.context_length}", field="context_length"
+            )
+        if self.vocab_size < 49408:
+            raise InputError(
+                f"must be >= 49408, the size of open_clip's BPE vocabulary, got {self.vocab_size}", field="vocab_size"
+            )
+        if self.batch_size < 2:
+            raise InputError(
+                f"must be >= 2 (a contrastive loss needs negatives), got {self.batch_size}", field="batch_size"
+            )
+        if self.warmup_steps > self.steps:
+            raise InputError(f"warmup_steps ({self.warmup_steps}) exceeds steps ({self.steps})", field="warmup_steps")
 
     def model_cfg(self) -> dict:
         "The open_clip `model_cfg` dict (what `open_clip_config.json` and `open_clip.model.CLIP` take)."
-        return {"embed_dim": self.embed_dim,
-                "vision_cfg": {"image_size": self.image_size, "patch_size": self.patch_size, "width": self.vision_width,
-                               "layers": self.vision_layers, "head_width": self.vision_head_width, "mlp_ratio": self.mlp_ratio},
-                "text_cfg": {"context_length": self.context_length, "vocab_size": self.vocab_size, "width": self.text_width,
-                             "heads": self.text_heads, "layers": self.text_layers, "mlp_ratio": self.mlp_ratio}}
+        return {
+            "embed_dim": self.embed_dim,
+            "vision_cfg": {
+                "image_size": self.image_size,
+                "patch_size": self.patch_size,
+                "width": self.vision_width,
+                "layers": self.vision_layers,
+                "head_width": self.vision_head_width,
+                "mlp_ratio": self.mlp_ratio,
+            },
+            "text_cfg": {
+                "context_length": self.context_length,
+                "vocab_size": self.vocab_size,
+                "width": self.text_width,
+                "heads": self.text_heads,
+                "layers": self.text_layers,
+                "mlp_ratio": self.mlp_ratio,
+            },
+        }
 
     def preprocess_cfg(self) -> dict:
         "The open_clip `preprocess_cfg` dict: image size and normalisation."
         return {"size": self.image_size, "mean": [self.image_mean] * 3, "std": [self.image_std] * 3}
 
     @classmethod
-    def from_dict(cls,
-                  d: dict,  # field values; missing fields take their defaults
-                  source: str | os.PathLike | None = None,  # where `d` came from (named in errors)
-                  text: str | None = None,  # raw text of `source`, used to find the line of a bad key
-                 ) -> ClipConfig:
+    def from_dict(
+        cls,
+        d: dict,  # field values; missing fields take their defaults
+        source: str | os.PathLike | None = None,  # where `d` came from (named in errors)
+        text: str | None = None,  # raw text of `source`, used to find the line of a bad key
+    ) -> ClipConfig:
         "Build a config from a dict; unknown keys and bad values raise `InputError` naming the field."
+
         def line(key):
-            if text is None or key is None: return None
-            return next((i for i, l in enumerate(text.splitlines(), 1) if re.search(rf'(^|[\s"\']){re.escape(key)}["\']?\s*:', l)), None)
-        if not isinstance(d, dict): raise InputError(f"expected a mapping of config fields, got {type(d).__name__}", file=source)
+            if text is None or key is None:
+                return None
+            return next(
+                (
+                    i
+                    for i, l in enumerate(text.splitlines(), 1)
+                    if re.search(rf'(^|[\s"\']){re.escape(key)}["\']?\s*:', l)
+                ),
+                None,
+            )
+
+        if not isinstance(d, dict):
+            raise InputError(f"expected a mapping of config fields, got {type(d).__name__}", file=source)
         names = [f.name for f in fields(cls)]
         unknown = [k for k in d if k not in names]
-        if unknown: raise InputError(f"unknown config key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(names)}",
-                                     file=source, line=line(unknown[0]), field=unknown[0])
-        try: return cls(**d)
-        except InputError as e: raise InputError(e.msg, file=source, line=line(e.field), field=e.field) from None
+        if unknown:
+            raise InputError(
+                f"unknown config key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(names)}",
+                file=source,
+                line=line(unknown[0]),
+                field=unknown[0],
+            )
+        try:
+            return cls(**d)
+        except InputError as e:
+            raise InputError(e.msg, file=source, line=line(e.field), field=e.field) from None
 
     @classmethod
     def tiny(cls, **kw) -> ClipConfig:
         "A tiny config for notebooks and tests (seconds on a CPU); keyword arguments override fields."
-        base = dict(embed_dim=32, vision_width=32, vision_layers=1, vision_head_width=16, text_width=32, text_layers=1, text_heads=2,
-                    steps=30, batch_size=32, lr=2e-3, warmup_steps=3, log_every=5, eval_every=0, eval_images=1, ckpt_every=10)
+        base = dict(
+            embed_dim=32,
+            vision_width=32,
+            vision_layers=1,
+            vision_head_width=16,
+            text_width=32,
+            text_layers=1,
+            text_heads=2,
+            steps=30,
+            batch_size=32,
+            lr=2e-3,
+            warmup_steps=3,
+            log_every=5,
+            eval_every=0,
+            eval_images=1,
+            ckpt_every=10,
+        )
         return cls(**{**base, **kw})
 
 # %% ../../nbs/toy/04_clip.ipynb #fab30dbf
 def build_clip(cfg: ClipConfig):  # the configuration
     "A randomly initialised open_clip `CLIP` (seeded by `cfg.seed`, no pretrained weights, no network)."
     from open_clip.model import CLIP
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         return CLIP(**cfg.model_cfg())
+
 
 @functools.lru_cache(maxsize=None)
 def clip_tokenizer(context_length: int = 16):  # tokens per prompt after padding
     "open_clip's `SimpleTokenizer` (shipped BPE vocabulary) padding/truncating to `context_length`."
     from open_clip.tokenizer import SimpleTokenizer
+
     return SimpleTokenizer(context_length=context_length)
 
+
 def _check_prompts(prompts, n: int | None = None) -> list[str]:
-    if isinstance(prompts, str): raise InputError("expected a list of prompts, got one string", field="prompts")
+    if isinstance(prompts, str):
+        raise InputError("expected a list of prompts, got one string", field="prompts")
     prompts = list(prompts)
     for i, p in enumerate(prompts):
-        if not isinstance(p, str): raise InputError(f"expected a string, got {type(p).__name__}", field=f"prompts[{i}]")
-    if n is not None and len(prompts) != n: raise InputError(f"got {len(prompts)} prompts for {n} images", field="prompts")
+        if not isinstance(p, str):
+            raise InputError(f"expected a string, got {type(p).__name__}", field=f"prompts[{i}]")
+    if n is not None and len(prompts) != n:
+        raise InputError(f"got {len(prompts)} prompts for {n} images", field="prompts")
     return prompts
 
-def tokenize(prompts: Sequence[str],  # the prompts
-             cfg: ClipConfig) -> torch.Tensor:  # the configuration (context length)
+
+def tokenize(
+    prompts: Sequence[str],  # the prompts
+    cfg: ClipConfig,
+) -> torch.Tensor:  # the configuration (context length)
     "Token ids [B, context_length] (int64); longer prompts are truncated, keeping the end token."
     return clip_tokenizer(cfg.context_length)(_check_prompts(prompts))
 
-def prepare_images(images,  # uint8 [B,S,S,3] (numpy or torch) or float tensor [B,3,S,S] in [0,1]
-                   cfg: ClipConfig) -> torch.Tensor:  # the configuration (image size, normalisation)
+
+def prepare_images(
+    images,  # uint8 [B,S,S,3] (numpy or torch) or float tensor [B,3,S,S] in [0,1]
+    cfg: ClipConfig,
+) -> torch.Tensor:  # the configuration (image size, normalisation)
     "The model's input: float [B,3,S,S], normalised with `cfg.image_mean`/`image_std`; bad shapes raise `InputError`."
     S = cfg.image_size
-    if isinstance(images, (list, tuple)): images = np.stack([np.asarray(i) for i in images])
+    if isinstance(images, (list, tuple)):
+        images = np.stack([np.asarray(i) for i in images])
     if isinstance(images, np.ndarray):
-        if images.dtype != np.uint8: raise InputError(f"numpy images must be uint8 [B,{S},{S},3], got dtype {images.dtype}", field="images")
+        if images.dtype != np.uint8:
+            raise InputError(f"numpy images must be uint8 [B,{S},{S},3], got dtype {images.dtype}", field="images")
         images = torch.from_numpy(np.ascontiguousarray(images))
-    if not torch.is_tensor(images): raise InputError(f"expected an array or tensor of images, got {type(images).__name__}", field="images")
+    if not torch.is_tensor(images):
+        raise InputError(f"expected an array or tensor of images, got {type(images).__name__}", field="images")
     if images.dtype == torch.uint8:
-        if images.ndim == 3: images = images[None]
+        if images.ndim == 3:
+            images = images[None]
         if images.ndim != 4 or tuple(images.shape[1:]) != (S, S, 3):
             raise InputError(f"expected uint8 images [B,{S},{S},3], got shape {tuple(images.shape)}", field="images")
         x = images.permute(0, 3, 1, 2).float() / 255
     elif images.is_floating_point():
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, S, S):
-            raise InputError(f"expected float images [B,3,{S},{S}] in [0,1], got shape {tuple(images.shape)}", field="images")
+            raise InputError(
+                f"expected float images [B,3,{S},{S}] in [0,1], got shape {tuple(images.shape)}", field="images"
+            )
         x = images.float()
-    else: raise InputError(f"images must be uint8 or floating point, got {images.dtype}", field="images")
+    else:
+        raise InputError(f"images must be uint8 or floating point, got {images.dtype}", field="images")
     return (x - cfg.image_mean) / cfg.image_std
 
 # %% ../../nbs/toy/04_clip.ipynb #9c699127
-def text_encoder_from_clip(model,  # an open_clip `CLIP` (argmax pooling, no layer scale, no projection bias)
-                          ):
+def text_encoder_from_clip(
+    model,  # an open_clip `CLIP` (argmax pooling, no layer scale, no projection bias)
+):
     "The CLIP's text tower as a `maskfocus.models.text.CLIPTextEncoder` (transformers `CLIPTextModelWithProjection`), same weights."
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
     from maskfocus.models.text import CLIPTextEncoder, clip_tokenizer as hf_tokenizer
-    if getattr(model, "text_pool_type", "argmax") != "argmax" or not isinstance(model.text_projection, torch.nn.Parameter):
-        raise InputError("only open_clip text towers with argmax pooling and a bias-free projection matrix convert", field="text_cfg")
+
+    if getattr(model, "text_pool_type", "argmax") != "argmax" or not isinstance(
+        model.text_projection, torch.nn.Parameter
+    ):
+        raise InputError(
+            "only open_clip text towers with argmax pooling and a bias-free projection matrix convert", field="text_cfg"
+        )
     src = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     blocks = model.transformer.resblocks  # sizes are read off the weights, so a tower always converts as it is
-    (V, W), (L, E) = src["token_embedding.weight"].shape, (src["positional_embedding"].shape[0], src["text_projection"].shape[1])
-    hc = CLIPTextConfig(vocab_size=V, hidden_size=W, intermediate_size=src["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-                        num_hidden_layers=len(blocks), num_attention_heads=blocks[0].attn.num_heads, max_position_embeddings=L,
-                        projection_dim=E, hidden_act="gelu", layer_norm_eps=model.ln_final.eps,
-                        bos_token_id=49406, eos_token_id=49407, pad_token_id=0)
-    sd = {"text_model.embeddings.token_embedding.weight": src["token_embedding.weight"],
-          "text_model.embeddings.position_embedding.weight": src["positional_embedding"],
-          "text_model.final_layer_norm.weight": src["ln_final.weight"], "text_model.final_layer_norm.bias": src["ln_final.bias"],
-          "text_projection.weight": src["text_projection"].T}
+    (V, W), (L, E) = (
+        src["token_embedding.weight"].shape,
+        (src["positional_embedding"].shape[0], src["text_projection"].shape[1]),
+    )
+    hc = CLIPTextConfig(
+        vocab_size=V,
+        hidden_size=W,
+        intermediate_size=src["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+        num_hidden_layers=len(blocks),
+        num_attention_heads=blocks[0].attn.num_heads,
+        max_position_embeddings=L,
+        projection_dim=E,
+        hidden_act="gelu",
+        layer_norm_eps=model.ln_final.eps,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=0,
+    )
+    sd = {
+        "text_model.embeddings.token_embedding.weight": src["token_embedding.weight"],
+        "text_model.embeddings.position_embedding.weight": src["positional_embedding"],
+        "text_model.final_layer_norm.weight": src["ln_final.weight"],
+        "text_model.final_layer_norm.bias": src["ln_final.bias"],
+        "text_projection.weight": src["text_projection"].T,
+    }
     for i in range(len(blocks)):
         a, b = f"transformer.resblocks.{i}.", f"text_model.encoder.layers.{i}."
         for j, n in enumerate(("q_proj", "k_proj", "v_proj")):
-            sd[f"{b}self_attn.{n}.weight"] = src[f"{a}attn.in_proj_weight"][j*W:(j+1)*W]
-            sd[f"{b}self_attn.{n}.bias"] = src[f"{a}attn.in_proj_bias"][j*W:(j+1)*W]
-        for x, y in (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"),
-                     ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
-            for t in ("weight", "bias"): sd[f"{b}{y}.{t}"] = src[f"{a}{x}.{t}"]
+            sd[f"{b}self_attn.{n}.weight"] = src[f"{a}attn.in_proj_weight"][j * W : (j + 1) * W]
+            sd[f"{b}self_attn.{n}.bias"] = src[f"{a}attn.in_proj_bias"][j * W : (j + 1) * W]
+        for x, y in (
+            ("attn.out_proj", "self_attn.out_proj"),
+            ("ln_1", "layer_norm1"),
+            ("ln_2", "layer_norm2"),
+            ("mlp.c_fc", "mlp.fc1"),
+            ("mlp.c_proj", "mlp.fc2"),
+        ):
+            for t in ("weight", "bias"):
+                sd[f"{b}{y}.{t}"] = src[f"{a}{x}.{t}"]
     hf = CLIPTextModelWithProjection(hc)
     missing, unexpected = hf.load_state_dict({k: v.contiguous().clone() for k, v in sd.items()}, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]  # a buffer, not a weight
-    if missing or unexpected: raise InputError(f"text tower does not map: missing {missing[:5]}, unexpected {unexpected[:5]}", field="text_cfg")
+    if missing or unexpected:
+        raise InputError(
+            f"text tower does not map: missing {missing[:5]}, unexpected {unexpected[:5]}", field="text_cfg"
+        )
     return CLIPTextEncoder(hf.eval(), hf_tokenizer(max_length=L), L)
 
 # %% ../../nbs/toy/04_clip.ipynb #d4684e19
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 
+
 def _state_dict(model) -> dict:
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
 
 def _shape_mismatch(expected: dict, found: dict, limit: int = 5) -> str | None:
     missing = [k for k in expected if k not in found]
     extra = [k for k in found if k not in expected]
-    shapes = [f"{k}: model {list(expected[k])}, checkpoint {list(found[k])}" for k in expected if k in found and tuple(expected[k]) != tuple(found[k])]
-    parts = [f"{title} ({len(ks)}): {', '.join(ks[:limit])}{' ...' if len(ks) > limit else ''}"
-             for title, ks in (("missing key(s)", missing), ("unexpected key(s)", extra), ("shape mismatch(es)", shapes)) if ks]
+    shapes = [
+        f"{k}: model {list(expected[k])}, checkpoint {list(found[k])}"
+        for k in expected
+        if k in found and tuple(expected[k]) != tuple(found[k])
+    ]
+    parts = [
+        f"{title} ({len(ks)}): {', '.join(ks[:limit])}{' ...' if len(ks) > limit else ''}"
+        for title, ks in (("missing key(s)", missing), ("unexpected key(s)", extra), ("shape mismatch(es)", shapes))
+        if ks
+    ]
     return "; ".join(parts) or None
+
 
 def _load_weights(model, path: Path):
     from safetensors import safe_open
     from safetensors.torch import load_file
+
     if not path.is_file():
         found = sorted(p.name for p in path.parent.iterdir()) if path.parent.is_dir() else []
-        hint = "; pickled weights (.bin/.pt/.pth) are never loaded" if any(n.endswith((".bin", ".pt", ".pth", ".ckpt")) for n in found) else ""
+        hint = (
+            "; pickled weights (.bin/.pt/.pth) are never loaded"
+            if any(n.endswith((".bin", ".pt", ".pth", ".ckpt")) for n in found)
+            else ""
+        )
         raise InputError(f"weights file not found (folder has: {', '.join(found) or 'nothing'}){hint}", file=path)
     try:
-        with safe_open(str(path), framework="pt") as f: shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as e: raise InputError(f"cannot read safetensors file: {e}", file=path) from None
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:
+        raise InputError(f"cannot read safetensors file: {e}", file=path) from None
     problem = _shape_mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()}, shapes)
-    if problem: raise InputError(f"weights do not fit the config: {problem}", file=path)
+    if problem:
+        raise InputError(f"weights do not fit the config: {problem}", file=path)
     model.load_state_dict(load_file(str(path)), strict=True)
 
-def save_clip(model,  # a trained open_clip `CLIP`
-              cfg: ClipConfig,  # its configuration
-              folder: str | os.PathLike,  # output folder (replaced atomically)
-             ) -> Path:
+
+def save_clip(
+    model,  # a trained open_clip `CLIP`
+    cfg: ClipConfig,  # its configuration
+    folder: str | os.PathLike,  # output folder (replaced atomically)
+) -> Path:
     "Write `open_clip_config.json` + `open_clip_model.safetensors`, and the text tower as `text_encoder/` + `tokenizer/`, into `folder` atomically."
     from safetensors.torch import save_file
+
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
-        write_json_atomic(tmp/CONFIG_FILE, {"model_cfg": cfg.model_cfg(), "preprocess_cfg": cfg.preprocess_cfg(), "maskfocus_clip": asdict(cfg)})
-        save_file(_state_dict(model), str(tmp/WEIGHTS_FILE), metadata={"format": "pt"})
+        write_json_atomic(
+            tmp / CONFIG_FILE,
+            {"model_cfg": cfg.model_cfg(), "preprocess_cfg": cfg.preprocess_cfg(), "maskfocus_clip": asdict(cfg)},
+        )
+        save_file(_state_dict(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         text_encoder_from_clip(model).save(tmp)
     return folder
 
+
 def _read_json(path: Path):
     text = path.read_text()
-    try: return json.loads(text), text
-    except json.JSONDecodeError as e: raise InputError(f"not valid JSON: {e.msg}", file=path, line=e.lineno) from None
+    try:
+        return json.loads(text), text
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON: {e.msg}", file=path, line=e.lineno) from None
 
-def load_clip(folder: str | os.PathLike,  # a folder written by `save_clip`
-              device: str | torch.device = "cpu",  # where to put the weights
-             ) -> tuple:
+
+def load_clip(
+    folder: str | os.PathLike,  # a folder written by `save_clip`
+    device: str | torch.device = "cpu",  # where to put the weights
+) -> tuple:
     "(model in eval mode, ClipConfig) from a `save_clip` folder; safetensors only."
     folder = Path(folder)
-    path = folder/CONFIG_FILE
-    if not path.is_file(): raise InputError(f"not a CLIP model folder: {CONFIG_FILE} not found", file=folder)
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise InputError(f"not a CLIP model folder: {CONFIG_FILE} not found", file=folder)
     d, text = _read_json(path)
-    if not isinstance(d, dict) or "maskfocus_clip" not in d: raise InputError("missing the 'maskfocus_clip' config", file=path, field="maskfocus_clip")
+    if not isinstance(d, dict) or "maskfocus_clip" not in d:
+        raise InputError("missing the 'maskfocus_clip' config", file=path, field="maskfocus_clip")
     cfg = ClipConfig.from_dict(d["maskfocus_clip"], source=path, text=text)
     if d.get("model_cfg") != cfg.model_cfg():
         raise InputError("model_cfg does not match the maskfocus_clip config", file=path, field="model_cfg")
     model = build_clip(cfg)
-    _load_weights(model, folder/WEIGHTS_FILE)
+    _load_weights(model, folder / WEIGHTS_FILE)
     return model.to(device).eval(), cfg
 
 # %% ../../nbs/toy/04_clip.ipynb #38afa055
-def binding_partner(meta: dict,  # a metadata record
-                    swap_objects: bool = False,  # position: swap the two objects instead of using the opposite relation
-                   ) -> dict | None:
+def binding_partner(
+    meta: dict,  # a metadata record
+    swap_objects: bool = False,  # position: swap the two objects instead of using the opposite relation
+) -> dict | None:
     "The false caption with swapped colours (color_attr) or the opposite relation / swapped objects (position); None for other tags."
     inc = meta["include"]
     if meta["tag"] == "color_attr":
-        return world.make_metadata("color_attr", [inc[0]["class"], inc[1]["class"]], colors=[inc[1]["color"], inc[0]["color"]])
+        return world.make_metadata(
+            "color_attr", [inc[0]["class"], inc[1]["class"]], colors=[inc[1]["color"], inc[0]["color"]]
+        )
     if meta["tag"] == "position":  # the placed object is include[1], the reference include[0]
         rel = inc[1]["position"][0]
-        if swap_objects: return world.make_metadata("position", [inc[0]["class"], inc[1]["class"]], relation=rel)
+        if swap_objects:
+            return world.make_metadata("position", [inc[0]["class"], inc[1]["class"]], relation=rel)
         return world.make_metadata("position", [inc[1]["class"], inc[0]["class"]], relation=OPPOSITE[rel])
     return None
 
-def sample_batch(rng: np.random.Generator,  # the data generator (its state is what a checkpoint saves)
-                 prompts: Sequence[dict],  # training prompt records; the only captions used
-                 batch_size: int,  # pairs per batch
-                 prompt_frac: float = 0.5,  # fraction of pairs drawn from a random prompt (else a random captioned scene)
-                 hard_frac: float = 0.0,  # chance that a position/color_attr prompt pair brings its binding counterpart
-                 tag_balanced: bool = False,  # draw the prompt's tag uniformly first (else a prompt uniformly)
-                ) -> tuple[np.ndarray, list[str], torch.Tensor]:
+
+def sample_batch(
+    rng: np.random.Generator,  # the data generator (its state is what a checkpoint saves)
+    prompts: Sequence[dict],  # training prompt records; the only captions used
+    batch_size: int,  # pairs per batch
+    prompt_frac: float = 0.5,  # fraction of pairs drawn from a random prompt (else a random captioned scene)
+    hard_frac: float = 0.0,  # chance that a position/color_attr prompt pair brings its binding counterpart
+    tag_balanced: bool = False,  # draw the prompt's tag uniformly first (else a prompt uniformly)
+) -> tuple[np.ndarray, list[str], torch.Tensor]:
     "A batch: uint8 images [B,64,64,3], their captions, and truth [B,B] (caption j is true of image i)."
     allowed = {m["prompt"] for m in prompts}
     by_tag = [[m for m in prompts if m["tag"] == t] for t in TAGS]
@@ -307,178 +543,260 @@ def sample_batch(rng: np.random.Generator,  # the data generator (its state is w
         if rng.random() < prompt_frac:
             pool = by_tag[int(rng.integers(len(by_tag)))] if tag_balanced else prompts
             m = pool[int(rng.integers(len(pool)))]
-            scenes.append(world.sample_scene(m, rng)); caps.append(m["prompt"])
+            scenes.append(world.sample_scene(m, rng))
+            caps.append(m["prompt"])
             if m["tag"] in ("position", "color_attr") and len(scenes) < batch_size and rng.random() < hard_frac:
-                alt = world.sample_scene(binding_partner(m), rng)  # same objects, colours swapped / arrangement reversed
+                alt = world.sample_scene(
+                    binding_partner(m), rng
+                )  # same objects, colours swapped / arrangement reversed
                 true = [r["prompt"] for r in world.describe(alt) if r["prompt"] in allowed]
-                if true: scenes.append(alt); caps.append(true[int(rng.integers(len(true)))])
+                if true:
+                    scenes.append(alt)
+                    caps.append(true[int(rng.integers(len(true)))])
         else:
             scene, m = world.captioned_scene(rng, allowed)
-            scenes.append(scene); caps.append(m["prompt"])
+            scenes.append(scene)
+            caps.append(m["prompt"])
     true = [{r["prompt"] for r in world.describe(s)} for s in scenes]
     truth = torch.tensor([[c in t for c in caps] for t in true], dtype=torch.bool)
     return np.stack([world.render(s) for s in scenes]), caps, truth
 
 # %% ../../nbs/toy/04_clip.ipynb #a07fcfc7
-def clip_loss(image_features: torch.Tensor,  # L2-normalised image embeddings [B,E]
-              text_features: torch.Tensor,  # L2-normalised text embeddings [B,E]
-              logit_scale: torch.Tensor,  # exp of the learned log temperature
-              truth: torch.Tensor | None = None,  # [B,B] bool, caption j true of image i; None: plain ClipLoss
-             ) -> torch.Tensor:
+def clip_loss(
+    image_features: torch.Tensor,  # L2-normalised image embeddings [B,E]
+    text_features: torch.Tensor,  # L2-normalised text embeddings [B,E]
+    logit_scale: torch.Tensor,  # exp of the learned log temperature
+    truth: torch.Tensor | None = None,  # [B,B] bool, caption j true of image i; None: plain ClipLoss
+) -> torch.Tensor:
     "open_clip's `ClipLoss`; captions that are true of another image of the batch are not its negatives."
     from open_clip.loss import ClipLoss
+
     loss = ClipLoss()
-    if truth is None: return loss(image_features, text_features, logit_scale)
+    if truth is None:
+        return loss(image_features, text_features, logit_scale)
     per_image, per_text = loss.get_logits(image_features, text_features, logit_scale)
     B = per_image.shape[0]
-    if truth.shape != (B, B): raise InputError(f"truth must be [{B},{B}], got {tuple(truth.shape)}", field="truth")
+    if truth.shape != (B, B):
+        raise InputError(f"truth must be [{B},{B}], got {tuple(truth.shape)}", field="truth")
     false_neg = truth.to(per_image.device) & ~torch.eye(B, dtype=torch.bool, device=per_image.device)
     labels = torch.arange(B, device=per_image.device)
-    return (F.cross_entropy(per_image.masked_fill(false_neg, float("-inf")), labels) +
-            F.cross_entropy(per_text.masked_fill(false_neg.T, float("-inf")), labels)) / 2
+    return (
+        F.cross_entropy(per_image.masked_fill(false_neg, float("-inf")), labels)
+        + F.cross_entropy(per_text.masked_fill(false_neg.T, float("-inf")), labels)
+    ) / 2
 
 # %% ../../nbs/toy/04_clip.ipynb #fba54027
-def lr_at(cfg: ClipConfig,  # the configuration
-          step: int) -> float:  # 0-based optimizer step
+def lr_at(
+    cfg: ClipConfig,  # the configuration
+    step: int,
+) -> float:  # 0-based optimizer step
     "Learning rate at `step`: linear warm-up to `cfg.lr`, then cosine decay to `cfg.lr * cfg.min_lr_ratio`."
-    if step < cfg.warmup_steps: return cfg.lr * (step + 1) / cfg.warmup_steps
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
     t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
-def make_optimizer(model,  # the open_clip `CLIP`
-                   cfg: ClipConfig) -> torch.optim.AdamW:  # the configuration
+
+def make_optimizer(
+    model,  # the open_clip `CLIP`
+    cfg: ClipConfig,
+) -> torch.optim.AdamW:  # the configuration
     "AdamW over the model; no weight decay on 1-D parameters (gains, biases, class embedding, logit scale)."
     decay, no_decay = [], []
     for n, p in model.named_parameters():
-        if p.requires_grad: (no_decay if p.ndim < 2 or "logit_scale" in n else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                             lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "logit_scale" in n else decay).append(p)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
 
 # %% ../../nbs/toy/04_clip.ipynb #7de9db1a
 CKPT_DIR = "checkpoints"
 _CKPT_RE = re.compile(r"^step-(\d+)$")
 
-def save_checkpoint(out_dir: str | os.PathLike,  # training folder
-                    model,  # the model being trained
-                    opt: torch.optim.Optimizer,  # its AdamW optimizer
-                    step: int,  # optimizer steps done
-                    rng: np.random.Generator,  # the data generator, after the batch of step `step - 1`
-                    cfg: ClipConfig,  # the configuration
-                    extra: dict | None = None,  # more JSON-able values for state.json
-                   ) -> Path:
+
+def save_checkpoint(
+    out_dir: str | os.PathLike,  # training folder
+    model,  # the model being trained
+    opt: torch.optim.Optimizer,  # its AdamW optimizer
+    step: int,  # optimizer steps done
+    rng: np.random.Generator,  # the data generator, after the batch of step `step - 1`
+    cfg: ClipConfig,  # the configuration
+    extra: dict | None = None,  # more JSON-able values for state.json
+) -> Path:
     "Write `out_dir/checkpoints/step-NNNNNNN/` atomically and prune old checkpoints."
     from safetensors.torch import save_file
-    root = Path(out_dir)/CKPT_DIR
-    path = root/f"step-{step:07d}"
+
+    root = Path(out_dir) / CKPT_DIR
+    path = root / f"step-{step:07d}"
     tensors, scalars = {}, {}
     for i, st in opt.state_dict()["state"].items():
         for k, v in st.items():
-            if torch.is_tensor(v): tensors[f"{i}.{k}"] = v.detach().to("cpu").contiguous()
-            else: scalars[f"{i}.{k}"] = v
+            if torch.is_tensor(v):
+                tensors[f"{i}.{k}"] = v.detach().to("cpu").contiguous()
+            else:
+                scalars[f"{i}.{k}"] = v
     with atomic_dir(path) as tmp:
-        save_file(_state_dict(model), str(tmp/"model.safetensors"), metadata={"format": "pt"})
-        save_file(tensors, str(tmp/"optimizer.safetensors"), metadata={"format": "pt"})
-        write_json_atomic(tmp/"state.json", {"step": step, "rng": rng.bit_generator.state, "optimizer_scalars": scalars,
-                                             "config": asdict(cfg), **(extra or {})})
-    for old in list_checkpoints(out_dir)[:-cfg.keep_checkpoints]: shutil.rmtree(old)
+        save_file(_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"format": "pt"})
+        write_json_atomic(
+            tmp / "state.json",
+            {
+                "step": step,
+                "rng": rng.bit_generator.state,
+                "optimizer_scalars": scalars,
+                "config": asdict(cfg),
+                **(extra or {}),
+            },
+        )
+    for old in list_checkpoints(out_dir)[: -cfg.keep_checkpoints]:
+        shutil.rmtree(old)
     return path
+
 
 def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:  # training folder
     "Complete checkpoint folders under `out_dir/checkpoints`, oldest first (temporary folders are ignored)."
-    root = Path(out_dir)/CKPT_DIR
-    if not root.is_dir(): return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CKPT_RE.match(p.name))
-             and all((p/f).is_file() for f in ("model.safetensors", "optimizer.safetensors", "state.json"))]
+    root = Path(out_dir) / CKPT_DIR
+    if not root.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if p.is_dir()
+        and (m := _CKPT_RE.match(p.name))
+        and all((p / f).is_file() for f in ("model.safetensors", "optimizer.safetensors", "state.json"))
+    ]
     return [p for _, p in sorted(found)]
 
-def load_checkpoint(path: str | os.PathLike,  # a checkpoint folder
-                    model,  # model to load the weights into
-                    opt: torch.optim.Optimizer | None = None,  # optimizer to restore (built by `make_optimizer`)
-                   ) -> tuple[int, np.random.Generator, dict]:
+
+def load_checkpoint(
+    path: str | os.PathLike,  # a checkpoint folder
+    model,  # model to load the weights into
+    opt: torch.optim.Optimizer | None = None,  # optimizer to restore (built by `make_optimizer`)
+) -> tuple[int, np.random.Generator, dict]:
     "Restore weights (and optimizer state); return (step, the data generator, state.json)."
     from safetensors.torch import load_file
+
     path = Path(path)
-    state, _ = _read_json(path/"state.json")
-    _load_weights(model, path/"model.safetensors")
+    state, _ = _read_json(path / "state.json")
+    _load_weights(model, path / "model.safetensors")
     if opt is not None:
-        tensors = load_file(str(path/"optimizer.safetensors"))
+        tensors = load_file(str(path / "optimizer.safetensors"))
         per: dict[int, dict] = {}
         for k, v in [*tensors.items(), *state.get("optimizer_scalars", {}).items()]:
-            i, name = k.split(".", 1); per.setdefault(int(i), {})[name] = v
+            i, name = k.split(".", 1)
+            per.setdefault(int(i), {})[name] = v
         n = sum(len(g["params"]) for g in opt.param_groups)
-        if per and max(per) >= n: raise InputError(f"optimizer state has parameter index {max(per)}, the model has {n}", file=path/"optimizer.safetensors")
+        if per and max(per) >= n:
+            raise InputError(
+                f"optimizer state has parameter index {max(per)}, the model has {n}",
+                file=path / "optimizer.safetensors",
+            )
         opt.load_state_dict({"state": per, "param_groups": opt.state_dict()["param_groups"]})
     rng = np.random.default_rng()
-    try: rng.bit_generator.state = state["rng"]
-    except (KeyError, TypeError, ValueError) as e: raise InputError(f"bad generator state: {e}", file=path/"state.json", field="rng") from None
+    try:
+        rng.bit_generator.state = state["rng"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"bad generator state: {e}", file=path / "state.json", field="rng") from None
     return int(state["step"]), rng, state
 
+
 def _check_resumable(saved: dict, cfg: ClipConfig, file: Path):
-    try: old = ClipConfig.from_dict(saved, source=file)
-    except InputError as e: raise InputError(f"checkpoint config is invalid: {e.msg}", file=file, field=f"config.{e.field}") from None
+    try:
+        old = ClipConfig.from_dict(saved, source=file)
+    except InputError as e:
+        raise InputError(f"checkpoint config is invalid: {e.msg}", file=file, field=f"config.{e.field}") from None
     for f in fields(cfg):
         if f.name not in NON_TRAJECTORY_FIELDS and getattr(old, f.name) != getattr(cfg, f.name):
-            raise InputError(f"checkpoint from another config: {f.name} = {getattr(old, f.name)!r} there, {getattr(cfg, f.name)!r} now; "
-                             "use resume=False (or delete the folder) to start over", file=file, field=f"config.{f.name}")
+            raise InputError(
+                f"checkpoint from another config: {f.name} = {getattr(old, f.name)!r} there, {getattr(cfg, f.name)!r} now; "
+                "use resume=False (or delete the folder) to start over",
+                file=file,
+                field=f"config.{f.name}",
+            )
 
 # %% ../../nbs/toy/04_clip.ipynb #dec8c1a4
-EVAL_KEYS = {"i2t_top1/mean_over_tags": "eval/i2t_top1", "t2i_top1/mean_over_tags": "eval/t2i_top1",
-             "i2t_top1/all_prompts": "eval/i2t_top1_all", "binding/color_attr": "eval/binding_color_attr",
-             "binding/position": "eval/binding_position", "binding/position_swap": "eval/binding_position_swap"}
+EVAL_KEYS = {
+    "i2t_top1/mean_over_tags": "eval/i2t_top1",
+    "t2i_top1/mean_over_tags": "eval/t2i_top1",
+    "i2t_top1/all_prompts": "eval/i2t_top1_all",
+    "binding/color_attr": "eval/binding_color_attr",
+    "binding/position": "eval/binding_position",
+    "binding/position_swap": "eval/binding_position_swap",
+}
+
 
 def _truncate_live(live_dir: Path, step: int):
     "Drop metric rows with a step after `step` (logged after the checkpoint a run resumes from)."
-    for f in (live_dir/"plots"/"metrics").rglob("*.tsv") if (live_dir/"plots"/"metrics").is_dir() else []:
+    for f in (live_dir / "plots" / "metrics").rglob("*.tsv") if (live_dir / "plots" / "metrics").is_dir() else []:
         lines = f.read_text().splitlines()
         keep = [lines[0]] + [l for l in lines[1:] if int(l.split("\t")[0]) <= step]
-        if len(keep) != len(lines): f.write_text("\n".join(keep) + "\n")
+        if len(keep) != len(lines):
+            f.write_text("\n".join(keep) + "\n")
+
 
 def live_metrics(out_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:  # training folder
     "The dvclive metrics of a training folder: name -> [(step, value), ...]."
-    root = Path(out_dir)/"dvclive"/"plots"/"metrics"
+    root = Path(out_dir) / "dvclive" / "plots" / "metrics"
     out = {}
     for f in sorted(root.rglob("*.tsv")) if root.is_dir() else []:
         rows = [l.split("\t") for l in f.read_text().splitlines()[1:] if l]
         out[str(f.relative_to(root).with_suffix(""))] = [(int(r[0]), float(r[1])) for r in rows]
     return out
 
+
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict): out.update(_flat(v, f"{prefix}{k}/"))
-        else: out[f"{prefix}{k}"] = v
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
     return out
 
-def train_clip(cfg: ClipConfig,  # architecture and recipe
-               train_prompts: Sequence[dict],  # training prompt records (the only captions used)
-               out_dir: str | os.PathLike,  # training folder: checkpoints/ and dvclive/
-               resume: bool = True,  # continue from the newest checkpoint in `out_dir` if there is one
-               eval_prompts: Sequence[dict] | None = None,  # prompts of the periodic retrieval evaluation (default: train_prompts)
-               stop_after: int | None = None,  # stop after this many steps in total, as if killed (tests)
-               progress: bool = True,  # show a tqdm bar
-              ):
+
+def train_clip(
+    cfg: ClipConfig,  # architecture and recipe
+    train_prompts: Sequence[dict],  # training prompt records (the only captions used)
+    out_dir: str | os.PathLike,  # training folder: checkpoints/ and dvclive/
+    resume: bool = True,  # continue from the newest checkpoint in `out_dir` if there is one
+    eval_prompts: Sequence[dict] | None = None,  # prompts of the periodic retrieval evaluation (default: train_prompts)
+    stop_after: int | None = None,  # stop after this many steps in total, as if killed (tests)
+    progress: bool = True,  # show a tqdm bar
+):
     "Train the toy CLIP with open_clip's `ClipLoss` and AdamW; resumable, logged with dvclive; returns the model (eval mode)."
     from dvclive import Live
     from tqdm.auto import tqdm
+
     out_dir = Path(out_dir)
     prompts = list(train_prompts)
-    if not prompts: raise InputError("no training prompts", field="train_prompts")
+    if not prompts:
+        raise InputError("no training prompts", field="train_prompts")
     eval_prompts = prompts if eval_prompts is None else list(eval_prompts)
     ids = dict(zip(sorted({m["prompt"] for m in prompts}), tokenize(sorted({m["prompt"] for m in prompts}), cfg)))
     too_long = [p for p in ids if len(clip_tokenizer(cfg.context_length).encode(p)) + 2 > cfg.context_length]
-    if too_long: raise InputError(f"{len(too_long)} prompt(s) longer than context_length={cfg.context_length} tokens, e.g. {too_long[0]!r}", field="context_length")
-    model, live_dir = build_clip(cfg), out_dir/"dvclive"
+    if too_long:
+        raise InputError(
+            f"{len(too_long)} prompt(s) longer than context_length={cfg.context_length} tokens, e.g. {too_long[0]!r}",
+            field="context_length",
+        )
+    model, live_dir = build_clip(cfg), out_dir / "dvclive"
     opt = make_optimizer(model, cfg)
     rng, step = np.random.default_rng(cfg.seed), 0
     if not resume:
-        for p in (out_dir/CKPT_DIR, live_dir):
-            if p.exists(): shutil.rmtree(p)
-    elif (out_dir/CKPT_DIR).is_dir():  # hidden temporary folders of checkpoint writes that were killed
-        for p in (out_dir/CKPT_DIR).glob(".step-*.tmp"): shutil.rmtree(p, ignore_errors=True)
+        for p in (out_dir / CKPT_DIR, live_dir):
+            if p.exists():
+                shutil.rmtree(p)
+    elif (out_dir / CKPT_DIR).is_dir():  # hidden temporary folders of checkpoint writes that were killed
+        for p in (out_dir / CKPT_DIR).glob(".step-*.tmp"):
+            shutil.rmtree(p, ignore_errors=True)
     last = list_checkpoints(out_dir)[-1:] if resume else []
     if last:
-        saved, _ = _read_json(last[0]/"state.json")
-        _check_resumable(saved.get("config"), cfg, last[0]/"state.json")
+        saved, _ = _read_json(last[0] / "state.json")
+        _check_resumable(saved.get("config"), cfg, last[0] / "state.json")
         step, rng, _ = load_checkpoint(last[0], model, opt)
         _truncate_live(live_dir, step)
     model.train()
@@ -486,52 +804,80 @@ def train_clip(cfg: ClipConfig,  # architecture and recipe
     with Live(str(live_dir), resume=step > 0, save_dvc_exp=False, dvcyaml=None, report=None) as live:
         bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="clip", unit="step")
         while step < cfg.steps and (stop_after is None or step < stop_after):
-            images, caps, truth = sample_batch(rng, prompts, cfg.batch_size, cfg.prompt_frac, cfg.hard_frac, cfg.tag_balanced)
+            images, caps, truth = sample_batch(
+                rng, prompts, cfg.batch_size, cfg.prompt_frac, cfg.hard_frac, cfg.tag_balanced
+            )
             lr = lr_at(cfg, step)
-            for g in opt.param_groups: g["lr"] = lr
+            for g in opt.param_groups:
+                g["lr"] = lr
             image_f, text_f, scale = model(prepare_images(images, cfg), torch.stack([ids[c] for c in caps]))
             loss = clip_loss(image_f, text_f, scale, truth if cfg.mask_false_negatives else None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.grad_clip > 0: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
             step += 1
             losses.append(loss.item())
-            bar.update(1); bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
             metrics = {}
             if step % cfg.log_every == 0 or step == cfg.steps:
-                metrics.update({"train/loss": float(np.mean(losses)), "train/lr": lr, "train/logit_scale": model.logit_scale.exp().item()})
+                metrics.update(
+                    {
+                        "train/loss": float(np.mean(losses)),
+                        "train/lr": lr,
+                        "train/logit_scale": model.logit_scale.exp().item(),
+                    }
+                )
                 losses = []
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
                 model.eval()
-                ev = _flat(evaluate_clip(ClipScorer(model, cfg, text_cache=False), eval_prompts, images_per_prompt=cfg.eval_images, seed=cfg.seed + 1))
+                ev = _flat(
+                    evaluate_clip(
+                        ClipScorer(model, cfg, text_cache=False),
+                        eval_prompts,
+                        images_per_prompt=cfg.eval_images,
+                        seed=cfg.seed + 1,
+                    )
+                )
                 model.train()
                 metrics.update({name: ev[k] for k, name in EVAL_KEYS.items() if ev.get(k) is not None})
             if metrics:
                 live.step = step
-                for k, v in metrics.items(): live.log_metric(k, v)
+                for k, v in metrics.items():
+                    live.log_metric(k, v)
                 live.next_step()
-            if step % cfg.ckpt_every == 0 or step == cfg.steps: save_checkpoint(out_dir, model, opt, step, rng, cfg)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                save_checkpoint(out_dir, model, opt, step, rng, cfg)
         bar.close()
     return model.eval()
 
 # %% ../../nbs/toy/04_clip.ipynb #c2972d81
 class ClipScorer:
     "CLIP score (cosine similarity x `scale`) of image-prompt pairs with a trained toy CLIP; no gradients."
-    def __init__(self, model,  # an open_clip `CLIP` (put in eval mode)
-                 cfg: ClipConfig,  # its configuration
-                 scale: float = 1.0,  # multiply cosines by this (100: the common "CLIP score" convention)
-                 batch_size: int = 256,  # images or prompts per forward pass
-                 text_cache: bool = True,  # cache text embeddings per prompt string
-                ):
+
+    def __init__(
+        self,
+        model,  # an open_clip `CLIP` (put in eval mode)
+        cfg: ClipConfig,  # its configuration
+        scale: float = 1.0,  # multiply cosines by this (100: the common "CLIP score" convention)
+        batch_size: int = 256,  # images or prompts per forward pass
+        text_cache: bool = True,  # cache text embeddings per prompt string
+    ):
         self.model, self.cfg, self.scale, self.batch_size = model.eval(), cfg, float(scale), int(batch_size)
         self.text_cache = {} if text_cache else None
         self.device = next(model.parameters()).device
 
     @classmethod
-    def load(cls, folder: str | os.PathLike,  # a `save_clip` folder
-             device: str | torch.device = "cpu", **kwargs) -> ClipScorer:  # where to run; ClipScorer arguments
+    def load(
+        cls,
+        folder: str | os.PathLike,  # a `save_clip` folder
+        device: str | torch.device = "cpu",
+        **kwargs,
+    ) -> ClipScorer:  # where to run; ClipScorer arguments
         "Load a scorer from a folder written by `save_clip`."
         model, cfg = load_clip(folder, device=device)
         return cls(model, cfg, **kwargs)
@@ -540,8 +886,16 @@ class ClipScorer:
     def image_features(self, images) -> torch.Tensor:  # uint8 [B,64,64,3] or float [B,3,64,64] in [0,1]
         "L2-normalised image embeddings [B, embed_dim]."
         x = prepare_images(images, self.cfg)
-        return torch.cat([self.model.encode_image(x[i:i + self.batch_size].to(self.device), normalize=True)
-                          for i in range(0, len(x), self.batch_size)]) if len(x) else torch.zeros(0, self.cfg.embed_dim, device=self.device)
+        return (
+            torch.cat(
+                [
+                    self.model.encode_image(x[i : i + self.batch_size].to(self.device), normalize=True)
+                    for i in range(0, len(x), self.batch_size)
+                ]
+            )
+            if len(x)
+            else torch.zeros(0, self.cfg.embed_dim, device=self.device)
+        )
 
     @torch.no_grad()
     def text_features(self, prompts: Sequence[str]) -> torch.Tensor:  # the prompts
@@ -550,33 +904,46 @@ class ClipScorer:
         cache = self.text_cache if self.text_cache is not None else {}
         todo = list(dict.fromkeys(p for p in prompts if p not in cache))
         for i in range(0, len(todo), self.batch_size):
-            chunk = todo[i:i + self.batch_size]
+            chunk = todo[i : i + self.batch_size]
             feats = self.model.encode_text(tokenize(chunk, self.cfg).to(self.device), normalize=True)
             cache.update(zip(chunk, feats))
-        out = torch.stack([cache[p] for p in prompts]) if prompts else torch.zeros(0, self.cfg.embed_dim, device=self.device)
-        if self.text_cache is not None and len(self.text_cache) > 65536: self.text_cache.clear()
+        out = (
+            torch.stack([cache[p] for p in prompts])
+            if prompts
+            else torch.zeros(0, self.cfg.embed_dim, device=self.device)
+        )
+        if self.text_cache is not None and len(self.text_cache) > 65536:
+            self.text_cache.clear()
         return out
 
     def similarity(self, images, prompts: Sequence[str]) -> torch.Tensor:  # images as in `__call__`; any prompts
         "Cosine x scale of every image with every prompt, [n_images, n_prompts]."
         return self.scale * self.image_features(images) @ self.text_features(prompts).T
 
-    def __call__(self, images,  # uint8 [B,64,64,3] (numpy/torch) or float tensor [B,3,64,64] in [0,1]
-                 prompts: Sequence[str]) -> torch.Tensor:  # one prompt per image
+    def __call__(
+        self,
+        images,  # uint8 [B,64,64,3] (numpy/torch) or float tensor [B,3,64,64] in [0,1]
+        prompts: Sequence[str],
+    ) -> torch.Tensor:  # one prompt per image
         "CLIP score of each (image, prompt) pair: cosine similarity x `scale`, shape [B]."
         prompts = _check_prompts(prompts)
         img = self.image_features(images)
-        if len(img) != len(prompts): raise InputError(f"got {len(prompts)} prompts for {len(img)} images", field="prompts")
+        if len(img) != len(prompts):
+            raise InputError(f"got {len(prompts)} prompts for {len(img)} images", field="prompts")
         return self.scale * (img * self.text_features(prompts)).sum(-1)
 
     @torch.no_grad()
-    def encode_text(self, prompts: Sequence[str],  # the prompts
-                    layer: int | str = -2,  # hidden-state index (0 = embeddings, -1 = last block, -2 = penultimate) or "final"
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_text(
+        self,
+        prompts: Sequence[str],  # the prompts
+        layer: int | str = -2,  # hidden-state index (0 = embeddings, -1 = last block, -2 = penultimate) or "final"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         "(per-token hidden states [B, context_length, text_width], pooled projected embedding [B, embed_dim], not normalised)."
         from open_clip.transformer import text_global_pool
+
         m = self.model
-        if not getattr(m.transformer, "batch_first", True): raise InputError("only batch-first text transformers are supported", field="model")
+        if not getattr(m.transformer, "batch_first", True):
+            raise InputError("only batch-first text transformers are supported", field="model")
         ids = tokenize(prompts, self.cfg).to(self.device)
         x = m.token_embedding(ids) + m.positional_embedding
         states = [x]
@@ -586,37 +953,62 @@ class ClipScorer:
         final = m.ln_final(x)
         pooled = text_global_pool(final, ids, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
         if m.text_projection is not None:
-            pooled = m.text_projection(pooled) if isinstance(m.text_projection, torch.nn.Linear) else pooled @ m.text_projection
-        if layer == "final": hidden = final
-        elif isinstance(layer, int) and not isinstance(layer, bool) and -len(states) <= layer < len(states): hidden = states[layer]
-        else: raise InputError(f"layer must be \"final\" or an index in [{-len(states)}, {len(states) - 1}], got {layer!r}", field="layer")
+            pooled = (
+                m.text_projection(pooled)
+                if isinstance(m.text_projection, torch.nn.Linear)
+                else pooled @ m.text_projection
+            )
+        if layer == "final":
+            hidden = final
+        elif isinstance(layer, int) and not isinstance(layer, bool) and -len(states) <= layer < len(states):
+            hidden = states[layer]
+        else:
+            raise InputError(
+                f'layer must be "final" or an index in [{-len(states)}, {len(states) - 1}], got {layer!r}',
+                field="layer",
+            )
         return hidden, pooled
 
-    def text_encoder(self, layer: int | str = -2) -> ClipTextEncoder:  # which hidden states to expose (see `encode_text`)
+    def text_encoder(
+        self, layer: int | str = -2
+    ) -> ClipTextEncoder:  # which hidden states to expose (see `encode_text`)
         "This CLIP's text tower behind the project's `TextEncoder` interface."
         return ClipTextEncoder(self, layer)
 
+
 class ClipTextEncoder:
     "The toy CLIP's text tower as a `maskfocus.models.text.TextEncoder`: prompts -> (hidden states, pooled)."
-    def __init__(self, scorer: ClipScorer,  # the scorer whose model to use
-                 layer: int | str = -2):  # hidden-state index or "final" (see `ClipScorer.encode_text`)
+
+    def __init__(
+        self,
+        scorer: ClipScorer,  # the scorer whose model to use
+        layer: int | str = -2,
+    ):  # hidden-state index or "final" (see `ClipScorer.encode_text`)
         self.scorer, self.layer = scorer, layer
-        self.hidden_dim, self.pooled_dim, self.max_length = scorer.cfg.text_width, scorer.cfg.embed_dim, scorer.cfg.context_length
+        self.hidden_dim, self.pooled_dim, self.max_length = (
+            scorer.cfg.text_width,
+            scorer.cfg.embed_dim,
+            scorer.cfg.context_length,
+        )
+
     def __call__(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:  # the prompts
         "(hidden states [B, max_length, hidden_dim], pooled [B, pooled_dim])."
         return self.scorer.encode_text(prompts, self.layer)
 
 # %% ../../nbs/toy/04_clip.ipynb #f0b8ba45
-def evaluate_clip(scorer: ClipScorer,  # the model to evaluate
-                  metas: Sequence[dict],  # a prompt split (duplicates are counted once)
-                  images_per_prompt: int = 4,  # ground-truth renders per distinct prompt
-                  seed: int = 0,  # seed of the renders
-                 ) -> dict:
+def evaluate_clip(
+    scorer: ClipScorer,  # the model to evaluate
+    metas: Sequence[dict],  # a prompt split (duplicates are counted once)
+    images_per_prompt: int = 4,  # ground-truth renders per distinct prompt
+    seed: int = 0,  # seed of the renders
+) -> dict:
     "Image->text and text->image top-1 per tag and overall, and binding pairwise accuracy, on ground-truth renders."
     prompts = list({m["prompt"]: m for m in metas}.values())
-    if not prompts: raise InputError("no prompts to evaluate", field="metas")
+    if not prompts:
+        raise InputError("no prompts to evaluate", field="metas")
     K, N = int(images_per_prompt), len(prompts)
-    if K < 1: raise InputError(f"must be >= 1, got {K}", field="images_per_prompt")
+    if K < 1:
+        raise InputError(f"must be >= 1, got {K}", field="images_per_prompt")
     rng = np.random.default_rng(seed)
     scenes = [world.sample_scene(m, rng) for m in prompts for _ in range(K)]  # image i shows prompt i // K
     texts = [m["prompt"] for m in prompts]
@@ -630,14 +1022,21 @@ def evaluate_clip(scorer: ClipScorer,  # the model to evaluate
     cols = {t: np.array([j for j, m in enumerate(prompts) if m["tag"] == t]) for t in tags}
     cols_all = np.arange(N)
     own = np.arange(N * K) // K
-    def i2t(rows, c): return float(np.mean(truth[rows, c[S[np.ix_(rows, c)].argmax(1)]])), float(np.mean(truth[np.ix_(rows, c)].mean(1)))
+
+    def i2t(rows, c):
+        return float(np.mean(truth[rows, c[S[np.ix_(rows, c)].argmax(1)]])), float(
+            np.mean(truth[np.ix_(rows, c)].mean(1))
+        )
+
     def t2i(c):
         hits, chance = [], []
         for k in range(K):
             rows = c * K + k  # the k-th image of each candidate prompt
             best = rows[S[np.ix_(rows, c)].argmax(0)]
-            hits += truth[best, c].tolist(); chance += truth[np.ix_(rows, c)].mean(0).tolist()
+            hits += truth[best, c].tolist()
+            chance += truth[np.ix_(rows, c)].mean(0).tolist()
         return float(np.mean(hits)), float(np.mean(chance))
+
     res = {"prompts": N, "images_per_prompt": K, "i2t_top1": {}, "i2t_chance": {}, "t2i_top1": {}, "t2i_chance": {}}
     for t in tags:
         rows = np.flatnonzero(np.isin(own, cols[t]))
@@ -648,37 +1047,54 @@ def evaluate_clip(scorer: ClipScorer,  # the model to evaluate
     res["i2t_top1"]["all_prompts"], res["i2t_chance"]["all_prompts"] = i2t(np.arange(N * K), cols_all)
     res["t2i_top1"]["all_prompts"], res["t2i_chance"]["all_prompts"] = t2i(cols_all)
     res["binding"], res["score"] = {}, {"true_pairs": float(S[np.arange(N * K), own].mean())}
-    for name, t, swap in (("color_attr", "color_attr", False), ("position", "position", False), ("position_swap", "position", True)):
-        if t not in cols: res["binding"][name] = None; continue
+    for name, t, swap in (
+        ("color_attr", "color_attr", False),
+        ("position", "position", False),
+        ("position_swap", "position", True),
+    ):
+        if t not in cols:
+            res["binding"][name] = None
+            continue
         rows = np.flatnonzero(np.isin(own, cols[t]))
         alt = scorer.text_features([binding_partner(prompts[j], swap)["prompt"] for j in own[rows]])
         s_alt = (img[torch.from_numpy(rows).to(img.device)] * alt).sum(-1).cpu().numpy()
         res["binding"][name] = float(np.mean(S[rows, own[rows]] > s_alt))
-        res["score"][f"{t}_true"], res["score"][f"{name}_alternative"] = float(S[rows, own[rows]].mean()), float(s_alt.mean())
+        res["score"][f"{t}_true"], res["score"][f"{name}_alternative"] = (
+            float(S[rows, own[rows]].mean()),
+            float(s_alt.mean()),
+        )
     return res
 
 # %% ../../nbs/toy/04_clip.ipynb #1c4cc444
-def train_clip_main(params: dict | None,  # ClipConfig fields (e.g. the `clip` section of params.yaml); missing ones take defaults
-                    train_path: str | os.PathLike,  # training prompts (GenEval jsonl, toy vocabulary)
-                    test_path: str | os.PathLike,  # test prompts
-                    out_dir: str | os.PathLike,  # model folder to write (open_clip local-dir layout)
-                    metrics_path: str | os.PathLike,  # evaluation JSON to write
-                    work_dir: str | os.PathLike | None = None,  # checkpoints and dvclive metrics (default: `<out_dir>-train`)
-                    eval_images: int = 4,  # ground-truth renders per prompt in the final evaluation
-                    progress: bool = True,  # show a tqdm bar
-                    num_threads: int | None = None,  # torch intra-op threads for this call (None: leave torch's setting)
-                   ) -> dict:
+def train_clip_main(
+    params: dict | None,  # ClipConfig fields (e.g. the `clip` section of params.yaml); missing ones take defaults
+    train_path: str | os.PathLike,  # training prompts (GenEval jsonl, toy vocabulary)
+    test_path: str | os.PathLike,  # test prompts
+    out_dir: str | os.PathLike,  # model folder to write (open_clip local-dir layout)
+    metrics_path: str | os.PathLike,  # evaluation JSON to write
+    work_dir: str | os.PathLike | None = None,  # checkpoints and dvclive metrics (default: `<out_dir>-train`)
+    eval_images: int = 4,  # ground-truth renders per prompt in the final evaluation
+    progress: bool = True,  # show a tqdm bar
+    num_threads: int | None = None,  # torch intra-op threads for this call (None: leave torch's setting)
+) -> dict:
     "Train, save and evaluate the toy CLIP (the DVC stage); returns the metrics written to `metrics_path`."
     if num_threads is not None:
         old = torch.get_num_threads()
         torch.set_num_threads(int(num_threads))
-        try: return train_clip_main(params, train_path, test_path, out_dir, metrics_path, work_dir, eval_images, progress)
-        finally: torch.set_num_threads(old)
+        try:
+            return train_clip_main(
+                params, train_path, test_path, out_dir, metrics_path, work_dir, eval_images, progress
+            )
+        finally:
+            torch.set_num_threads(old)
     cfg = ClipConfig.from_dict(params or {}, source="params")
     train, test = world.read_prompts(train_path), world.read_prompts(test_path)
     held = {world.composition(m) for m in test if m["tag"] in ("position", "color_attr")}
     leak = [m["prompt"] for m in train if world.composition(m) in held]
-    if leak: raise InputError(f"{len(leak)} training prompt(s) state a held-out test composition, e.g. {leak[0]!r}", file=train_path)
+    if leak:
+        raise InputError(
+            f"{len(leak)} training prompt(s) state a held-out test composition, e.g. {leak[0]!r}", file=train_path
+        )
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir is not None else out_dir.with_name(out_dir.name + "-train")
     t0 = time.perf_counter()
@@ -686,10 +1102,14 @@ def train_clip_main(params: dict | None,  # ClipConfig fields (e.g. the `clip` s
     t1 = time.perf_counter()
     save_clip(model, cfg, out_dir)
     scorer = ClipScorer(model, cfg)
-    metrics = {"test": evaluate_clip(scorer, test, images_per_prompt=eval_images, seed=0),
-               "train": evaluate_clip(scorer, train, images_per_prompt=eval_images, seed=0),
-               "final_train_loss": live_metrics(work_dir).get("train/loss", [(0, float("nan"))])[-1][1],
-               "steps": cfg.steps, "threads": torch.get_num_threads(),
-               "train_seconds": round(t1 - t0, 2), "eval_seconds": round(time.perf_counter() - t1, 2)}
+    metrics = {
+        "test": evaluate_clip(scorer, test, images_per_prompt=eval_images, seed=0),
+        "train": evaluate_clip(scorer, train, images_per_prompt=eval_images, seed=0),
+        "final_train_loss": live_metrics(work_dir).get("train/loss", [(0, float("nan"))])[-1][1],
+        "steps": cfg.steps,
+        "threads": torch.get_num_threads(),
+        "train_seconds": round(t1 - t0, 2),
+        "eval_seconds": round(time.perf_counter() - t1, 2),
+    }
     write_json_atomic(metrics_path, metrics)
     return metrics

@@ -26,46 +26,58 @@ def batch_seed(seed: int, k: int) -> int:  # run seed; batch index
     "The generator seed of batch `k` of a run with seed `seed`."
     return int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
 
-def images_per_prompt(metas: Sequence[dict],  # GenEval metadata records
-                      per_prompt: int = 4,  # images per prompt (GenEval: 4); ignored when `per_tag` is given
-                      per_tag: int | None = None,  # at least this many images per tag, spread evenly over the tag's prompts
-                      ) -> list[int]:
+
+def images_per_prompt(
+    metas: Sequence[dict],  # GenEval metadata records
+    per_prompt: int = 4,  # images per prompt (GenEval: 4); ignored when `per_tag` is given
+    per_tag: int | None = None,  # at least this many images per tag, spread evenly over the tag's prompts
+) -> list[int]:
     "Images for each prompt: `per_prompt` each, or ceil(per_tag / n) for each of the n prompts of a tag."
     if per_tag is None:
-        if not isinstance(per_prompt, int) or per_prompt < 1: raise InputError(f"per_prompt must be an int >= 1, got {per_prompt!r}", field="per_prompt")
+        if not isinstance(per_prompt, int) or per_prompt < 1:
+            raise InputError(f"per_prompt must be an int >= 1, got {per_prompt!r}", field="per_prompt")
         return [per_prompt] * len(metas)
-    if not isinstance(per_tag, int) or per_tag < 1: raise InputError(f"per_tag must be an int >= 1, got {per_tag!r}", field="per_tag")
+    if not isinstance(per_tag, int) or per_tag < 1:
+        raise InputError(f"per_tag must be an int >= 1, got {per_tag!r}", field="per_tag")
     n = {}
-    for m in metas: n[m["tag"]] = n.get(m["tag"], 0) + 1
+    for m in metas:
+        n[m["tag"]] = n.get(m["tag"], 0) + 1
     return [-(-per_tag // n[m["tag"]]) for m in metas]
 
-def generate_for_metadata(pipe,  # a MaskedPipeline
-                          metas: Sequence[dict],  # GenEval metadata records
-                          per_prompt: int | Sequence[int] = 4,  # images per prompt (GenEval: 4), or one count per prompt
-                          seed: int = 0,  # run seed
-                          steps: int | None = None,  # sampling steps (default: the pipeline's)
-                          cfg: float | None = None,  # guidance weight (default: the pipeline's)
-                          batch: int = 64,  # images per sampler call
-                          progress: bool = False,  # tqdm bar
-                          ) -> list[list[np.ndarray]]:
+
+def generate_for_metadata(
+    pipe,  # a MaskedPipeline
+    metas: Sequence[dict],  # GenEval metadata records
+    per_prompt: int | Sequence[int] = 4,  # images per prompt (GenEval: 4), or one count per prompt
+    seed: int = 0,  # run seed
+    steps: int | None = None,  # sampling steps (default: the pipeline's)
+    cfg: float | None = None,  # guidance weight (default: the pipeline's)
+    batch: int = 64,  # images per sampler call
+    progress: bool = False,  # tqdm bar
+) -> list[list[np.ndarray]]:
     "Per prompt, its `per_prompt` uint8 images generated from its prompt."
     from tqdm.auto import tqdm
+
     counts = [per_prompt] * len(metas) if isinstance(per_prompt, int) else list(per_prompt)
     if len(counts) != len(metas) or not all(isinstance(c, int) and c >= 1 for c in counts):
-        raise InputError(f"per_prompt must be an int >= 1 or one such int per prompt ({len(metas)})", field="per_prompt")
+        raise InputError(
+            f"per_prompt must be an int >= 1 or one such int per prompt ({len(metas)})", field="per_prompt"
+        )
     pairs = [(i, n) for i, c in enumerate(counts) for n in range(c)]
     out = [[None] * c for c in counts]
     for k in tqdm(range(0, len(pairs), batch), disable=not progress, desc="sample"):
-        chunk = pairs[k:k + batch]
+        chunk = pairs[k : k + batch]
         g = torch.Generator().manual_seed(batch_seed(seed, k // batch))
         ims = pipe.to_images(pipe.generate([metas[i]["prompt"] for i, _ in chunk], generator=g, steps=steps, cfg=cfg))
-        for (i, n), im in zip(chunk, ims): out[i][n] = im
+        for (i, n), im in zip(chunk, ims):
+            out[i][n] = im
     return out
 
 # %% ../../nbs/toy/06_evaluate.ipynb #1c5a9f64
-def judge_images(metas: Sequence[dict],  # one record per prompt
-                 images: Sequence[Sequence[np.ndarray]],  # per prompt, its images
-                 ) -> list[dict]:
+def judge_images(
+    metas: Sequence[dict],  # one record per prompt
+    images: Sequence[Sequence[np.ndarray]],  # per prompt, its images
+) -> list[dict]:
     "GenEval-format results for every image (filename = <index:05d>/samples/<n:04d>.png)."
     flat_m = [m for m, ims in zip(metas, images) for _ in ims]
     flat_i = [im for ims in images for im in ims]
@@ -73,90 +85,142 @@ def judge_images(metas: Sequence[dict],  # one record per prompt
     names = [f"{i:05d}/samples/{n:04d}.png" for i, ims in enumerate(images) for n in range(len(ims))]
     return [{"filename": f, **r} for f, r in zip(names, res)]
 
-def evaluate_pipeline(pipe, metas: Sequence[dict], per_prompt: int = 4, seed: int = 0, steps: int | None = None,
-                      cfg: float | None = None, batch: int = 64, progress: bool = False,
-                      clip_scorer=None,  # a `maskfocus.toy.clip.ClipScorer`: also score every image against its prompt
-                      per_tag: int | None = None,  # images per tag instead of per prompt (see `images_per_prompt`)
-                      ) -> tuple[dict, list[dict], list[list[np.ndarray]]]:
+
+def evaluate_pipeline(
+    pipe,
+    metas: Sequence[dict],
+    per_prompt: int = 4,
+    seed: int = 0,
+    steps: int | None = None,
+    cfg: float | None = None,
+    batch: int = 64,
+    progress: bool = False,
+    clip_scorer=None,  # a `maskfocus.toy.clip.ClipScorer`: also score every image against its prompt
+    per_tag: int | None = None,  # images per tag instead of per prompt (see `images_per_prompt`)
+) -> tuple[dict, list[dict], list[list[np.ndarray]]]:
     "Sample and judge (and CLIP-score): (summary with settings and wall time, per-image results, images)."
     t0 = time.time()
-    images = generate_for_metadata(pipe, metas, images_per_prompt(metas, per_prompt, per_tag), seed, steps, cfg, batch, progress)
+    images = generate_for_metadata(
+        pipe, metas, images_per_prompt(metas, per_prompt, per_tag), seed, steps, cfg, batch, progress
+    )
     results = judge_images(metas, images)
     summary = summarize(results)
-    if clip_scorer is not None: _add_clip_scores(clip_scorer, metas, images, results, summary)
+    if clip_scorer is not None:
+        _add_clip_scores(clip_scorer, metas, images, results, summary)
     count = {"per_prompt": per_prompt} if per_tag is None else {"per_tag": per_tag}
-    summary["settings"] = {**count, "seed": seed, "batch": batch,
-                           "steps": steps or pipe.sampling.steps, "cfg": pipe.sampling.cfg if cfg is None else cfg}
+    summary["settings"] = {
+        **count,
+        "seed": seed,
+        "batch": batch,
+        "steps": steps or pipe.sampling.steps,
+        "cfg": pipe.sampling.cfg if cfg is None else cfg,
+    }
     summary["wall_s"] = round(time.time() - t0, 2)
     return summary, results, images
 
 # %% ../../nbs/toy/06_evaluate.ipynb #84a2f9f7
 def _add_clip_scores(scorer, metas, images, results, summary):
     with torch.no_grad():
-        sc = scorer(np.stack([im for ims in images for im in ims]), [m["prompt"] for m, ims in zip(metas, images) for _ in ims])
+        sc = scorer(
+            np.stack([im for ims in images for im in ims]), [m["prompt"] for m, ims in zip(metas, images) for _ in ims]
+        )
     sc = sc.float().cpu().numpy()
-    for r, v in zip(results, sc): r["clip_score"] = float(v)
+    for r, v in zip(results, sc):
+        r["clip_score"] = float(v)
     summary["clip_score"] = float(sc.mean())
-    summary["clip_score_tags"] = {t: float(np.mean([r["clip_score"] for r in results if r["tag"] == t])) for t in summary["tags"]}
+    summary["clip_score_tags"] = {
+        t: float(np.mean([r["clip_score"] for r in results if r["tag"] == t])) for t in summary["tags"]
+    }
 
 # %% ../../nbs/toy/06_evaluate.ipynb #fe311c38
-def table_markdown(rows: dict[str, dict],  # label -> summary (from `summarize`)
-                   ) -> str:
+def table_markdown(
+    rows: dict[str, dict],  # label -> summary (from `summarize`)
+) -> str:
     "A markdown table: one row per label, one column per GenEval tag, then overall."
     tags = [t for t in TAGS if any(t in r["tags"] for r in rows.values())]
     lines = ["| setting | " + " | ".join(tags) + " | overall |", "|---" * (len(tags) + 2) + "|"]
     for label, r in rows.items():
-        lines.append(f"| {label} | " + " | ".join(f"{r['tags'].get(t, float('nan')):.3f}" for t in tags) + f" | {r['overall']:.3f} |")
+        lines.append(
+            f"| {label} | "
+            + " | ".join(f"{r['tags'].get(t, float('nan')):.3f}" for t in tags)
+            + f" | {r['overall']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
-def tag_grid(metas: Sequence[dict], images: Sequence[Sequence[np.ndarray]], results: Sequence[dict],
-             tag: str,  # GenEval tag to show
-             n: int = 6,  # prompts (rows)
-             path: str | Path | None = None,  # save the figure here as PNG
-             cols: int = 8,  # at most this many images per prompt (columns)
-             ):
+
+def tag_grid(
+    metas: Sequence[dict],
+    images: Sequence[Sequence[np.ndarray]],
+    results: Sequence[dict],
+    tag: str,  # GenEval tag to show
+    n: int = 6,  # prompts (rows)
+    path: str | Path | None = None,  # save the figure here as PNG
+    cols: int = 8,  # at most this many images per prompt (columns)
+):
     "A figure: `n` prompts of `tag`, their first images, each titled with the judge's verdict."
-    import matplotlib; import matplotlib.pyplot as plt
+    import matplotlib
+    import matplotlib.pyplot as plt
+
     idx = [i for i, m in enumerate(metas) if m["tag"] == tag][:n]
-    if not idx: raise InputError(f"no prompts with tag {tag!r}", field="tag")
+    if not idx:
+        raise InputError(f"no prompts with tag {tag!r}", field="tag")
     per = min(cols, *(len(images[i]) for i in idx))
     verdict = {r["filename"]: r["correct"] for r in results}
     fig, axs = plt.subplots(len(idx), per, figsize=(1.6 * per, 1.75 * len(idx)), squeeze=False)
     for row, i in enumerate(idx):
         for c in range(per):
-            ax = axs[row, c]; ax.imshow(images[i][c]); ax.set_xticks([]); ax.set_yticks([])
+            ax = axs[row, c]
+            ax.imshow(images[i][c])
+            ax.set_xticks([])
+            ax.set_yticks([])
             ok = verdict[f"{i:05d}/samples/{c:04d}.png"]
             ax.set_title("correct" if ok else "wrong", fontsize=7, color="green" if ok else "red")
         axs[row, 0].set_ylabel(metas[i]["prompt"].replace("a photo of ", ""), fontsize=7)
-    fig.suptitle(tag); fig.tight_layout()
+    fig.suptitle(tag)
+    fig.tight_layout()
     if path is not None:
         from maskfocus.core import atomic_write
-        with atomic_write(path) as tmp: fig.savefig(tmp, format="png", dpi=80)
+
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=80)
         plt.close(fig)
     return fig
 
 # %% ../../nbs/toy/06_evaluate.ipynb #2fd7634a
-def evaluate_sweep(pipe, metas: Sequence[dict],
-                   out: str | Path,  # output folder
-                   settings: Sequence[tuple[int, float]] = ((16, 3.0),),  # (steps, cfg) pairs, in order
-                   per_prompt: int = 4, seed: int = 0, batch: int = 64, progress: bool = False,
-                   grids: bool = True,  # write a picture grid per tag for the first setting
-                   clip_scorer=None,  # a `maskfocus.toy.clip.ClipScorer`: add CLIP scores (see `evaluate_pipeline`)
-                   details: str | Path | None = None,  # folder for the per-image results and the grids (default: `out`)
-                   per_tag: int | None = None,  # images per tag instead of per prompt (see `images_per_prompt`)
-                   ) -> dict:
+def evaluate_sweep(
+    pipe,
+    metas: Sequence[dict],
+    out: str | Path,  # output folder
+    settings: Sequence[tuple[int, float]] = ((16, 3.0),),  # (steps, cfg) pairs, in order
+    per_prompt: int = 4,
+    seed: int = 0,
+    batch: int = 64,
+    progress: bool = False,
+    grids: bool = True,  # write a picture grid per tag for the first setting
+    clip_scorer=None,  # a `maskfocus.toy.clip.ClipScorer`: add CLIP scores (see `evaluate_pipeline`)
+    details: str | Path | None = None,  # folder for the per-image results and the grids (default: `out`)
+    per_tag: int | None = None,  # images per tag instead of per prompt (see `images_per_prompt`)
+) -> dict:
     "Evaluate every (steps, cfg) setting; write eval.json, eval.md under `out`, per-image results and grids under `details`."
-    out = Path(out); rows = {}
+    out = Path(out)
+    rows = {}
     det = out if details is None else Path(details)
     for N, w in settings:
         label = f"N={int(N)},cfg={float(w):g}"
-        s, res, ims = evaluate_pipeline(pipe, metas, per_prompt, seed, int(N), float(w), batch, progress, clip_scorer, per_tag)
+        s, res, ims = evaluate_pipeline(
+            pipe, metas, per_prompt, seed, int(N), float(w), batch, progress, clip_scorer, per_tag
+        )
         rows[label] = s
-        write_results(det/"results"/f"{label}.jsonl", res)
+        write_results(det / "results" / f"{label}.jsonl", res)
         if grids and len(rows) == 1:
             for t in TAGS:
-                if any(m["tag"] == t for m in metas): tag_grid(metas, ims, res, t, path=det/"grids"/f"{t}.png")
-        print(f"{label}: overall {s['overall']:.3f} " + " ".join(f"{t}={a:.2f}" for t, a in s["tags"].items()) + f" ({s['wall_s']:.0f}s)")
-    write_json_atomic(out/"eval.json", rows)
-    write_text_atomic(out/"eval.md", table_markdown(rows))
+                if any(m["tag"] == t for m in metas):
+                    tag_grid(metas, ims, res, t, path=det / "grids" / f"{t}.png")
+        print(
+            f"{label}: overall {s['overall']:.3f} "
+            + " ".join(f"{t}={a:.2f}" for t, a in s["tags"].items())
+            + f" ({s['wall_s']:.0f}s)"
+        )
+    write_json_atomic(out / "eval.json", rows)
+    write_text_atomic(out / "eval.md", table_markdown(rows))
     return rows

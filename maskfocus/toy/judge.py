@@ -15,8 +15,15 @@ from scipy import ndimage
 
 from . import world
 from ..core import InputError
-from ..geneval import (dump_metadata, evaluate, evaluate_partial, load_samples, summarize,
-                               validate_metadata, write_results)
+from maskfocus.geneval import (
+    dump_metadata,
+    evaluate,
+    evaluate_partial,
+    load_samples,
+    summarize,
+    validate_metadata,
+    write_results,
+)
 
 # %% auto #0
 __all__ = ['FG_DIST', 'MIN_AREA', 'BOX_SIDES', 'MIN_PURITY', 'MIN_IOU', 'COLOR_TOL', 'PALETTE', 'TEMPLATES', 'shape_iou',
@@ -31,17 +38,21 @@ MIN_IOU = 0.9  # IoU with the best shape template that an object must reach
 COLOR_TOL = 50.0  # a pixel counts for its nearest palette colour only within this RGB distance
 PALETTE = np.array([world.COLOR_RGB[c] for c in world.COLORS], np.int32)  # [6, 3], in world.COLORS order
 
+
 def _crop(m: np.ndarray) -> np.ndarray:
     ys, xs = np.nonzero(m)
-    return m[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    return m[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+
 
 TEMPLATES = {s: _crop(m) for s, m in world.SHAPE_MASKS.items()}  # each shape's mask cropped to its bounding box
-_STRUCT = np.zeros((3, 3, 3), bool); _STRUCT[1] = True  # 8-connected within an image, never across images
+_STRUCT = np.zeros((3, 3, 3), bool)
+_STRUCT[1] = True  # 8-connected within an image, never across images
 
 # %% ../../nbs/toy/03_judge.ipynb #67be9c83
-def shape_iou(mask: np.ndarray,  # boolean mask of a component, cropped to its bounding box
-              template: np.ndarray,  # boolean template cropped to its bounding box (TEMPLATES[shape])
-              ) -> float:
+def shape_iou(
+    mask: np.ndarray,  # boolean mask of a component, cropped to its bounding box
+    template: np.ndarray,  # boolean template cropped to its bounding box (TEMPLATES[shape])
+) -> float:
     "Best IoU of two cropped masks over the alignments where one bounding box spans the other on each axis."
     (hc, wc), (ht, wt) = mask.shape, template.shape
     ac, at = int(mask.sum()), int(template.sum())
@@ -51,35 +62,46 @@ def shape_iou(mask: np.ndarray,  # boolean mask of a component, cropped to its b
             cy, ty = (0, dy) if hc >= ht else (dy, 0)  # top-left of each mask on a common canvas
             cx, tx = (0, dx) if wc >= wt else (dx, 0)
             y0, y1, x0, x1 = max(cy, ty), min(cy + hc, ty + ht), max(cx, tx), min(cx + wc, tx + wt)
-            inter = np.count_nonzero(mask[y0 - cy:y1 - cy, x0 - cx:x1 - cx] & template[y0 - ty:y1 - ty, x0 - tx:x1 - tx])
+            inter = np.count_nonzero(
+                mask[y0 - cy : y1 - cy, x0 - cx : x1 - cx] & template[y0 - ty : y1 - ty, x0 - tx : x1 - tx]
+            )
             best = max(best, inter / (ac + at - inter))
     return float(best)
 
 # %% ../../nbs/toy/03_judge.ipynb #8f67a7ad
-def _reject(rej, info, reason, **extra): rej.append({**info, **extra, "reason": reason})
+def _reject(rej, info, reason, **extra):
+    rej.append({**info, **extra, "reason": reason})
 
-def analyse_batch(images,  # uint8 [B, H, W, 3] array, or a list of HxWx3 uint8 images
-                  chunk: int = 32,  # images labelled together (bounds memory; larger chunks are not faster)
-                  ) -> list[tuple[dict, list]]:
+
+def analyse_batch(
+    images,  # uint8 [B, H, W, 3] array, or a list of HxWx3 uint8 images
+    chunk: int = 32,  # images labelled together (bounds memory; larger chunks are not faster)
+) -> list[tuple[dict, list]]:
     "Per image: (detections {class: [detection, ...]} sorted by score, rejected components with reasons)."
     a = np.asarray(images)
-    if a.ndim == 3: a = a[None]
-    if a.ndim != 4 or a.shape[-1] != 3: raise InputError(f"expected [B, H, W, 3] images, got shape {a.shape}", field="images.shape")
-    if a.dtype != np.uint8: raise InputError(f"expected uint8 pixels, got {a.dtype}", field="images.dtype")
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4 or a.shape[-1] != 3:
+        raise InputError(f"expected [B, H, W, 3] images, got shape {a.shape}", field="images.shape")
+    if a.dtype != np.uint8:
+        raise InputError(f"expected uint8 pixels, got {a.dtype}", field="images.dtype")
     out = []
-    for i in range(0, len(a), chunk): out += _analyse_chunk(a[i:i + chunk])
+    for i in range(0, len(a), chunk):
+        out += _analyse_chunk(a[i : i + chunk])
     return out
+
 
 def _analyse_chunk(a: np.ndarray) -> list[tuple[dict, list]]:
     px = a.astype(np.int32)
-    fg = ((px - np.array(world.BACKGROUND, np.int32)) ** 2).sum(-1) > FG_DIST ** 2
+    fg = ((px - np.array(world.BACKGROUND, np.int32)) ** 2).sum(-1) > FG_DIST**2
     lab, n = ndimage.label(fg, structure=_STRUCT)
     out = [({}, []) for _ in range(len(a))]
-    if n == 0: return out
+    if n == 0:
+        return out
     fpx = px[fg]  # [P, 3] foreground pixels, in the same order as lab[fg]
     d2 = ((fpx[:, None, :] - PALETTE[None]) ** 2).sum(-1)  # [P, 6]
     near = d2.argmin(1)
-    near = np.where(d2[np.arange(len(near)), near] <= COLOR_TOL ** 2, near, len(PALETTE))  # len(PALETTE): no colour
+    near = np.where(d2[np.arange(len(near)), near] <= COLOR_TOL**2, near, len(PALETTE))  # len(PALETTE): no colour
     nc = len(PALETTE) + 1
     counts = np.bincount(lab[fg] * nc + near, minlength=(n + 1) * nc).reshape(n + 1, nc)
     lo, hi = BOX_SIDES
@@ -88,47 +110,75 @@ def _analyse_chunk(a: np.ndarray) -> list[tuple[dict, list]]:
         area = int(counts[k].sum())
         w, h = sx.stop - sx.start, sy.stop - sy.start
         info = {"box": [float(sx.start), float(sy.start), float(sx.stop), float(sy.stop)], "area": area}
-        if area < MIN_AREA: _reject(rej, info, f"noise: area {area} < {MIN_AREA} px"); continue
-        if not (lo <= w <= hi and lo <= h <= hi): _reject(rej, info, f"size {w}x{h} px, not {lo}-{hi} on both sides"); continue
+        if area < MIN_AREA:
+            _reject(rej, info, f"noise: area {area} < {MIN_AREA} px")
+            continue
+        if not (lo <= w <= hi and lo <= h <= hi):
+            _reject(rej, info, f"size {w}x{h} px, not {lo}-{hi} on both sides")
+            continue
         ci = int(counts[k, :-1].argmax())
         purity = float(counts[k, ci] / area)
         col = {"color": world.COLORS[ci], "color_purity": purity}
         if purity < MIN_PURITY:
-            mix = ", ".join(f"{world.COLORS[j] if j < len(PALETTE) else 'off-palette'} {counts[k, j] / area:.0%}"
-                            for j in np.argsort(-counts[k])[:3] if counts[k, j])
-            _reject(rej, info, f"colour purity {purity:.2f} < {MIN_PURITY} ({mix})", **col); continue
+            mix = ", ".join(
+                f"{world.COLORS[j] if j < len(PALETTE) else 'off-palette'} {counts[k, j] / area:.0%}"
+                for j in np.argsort(-counts[k])[:3]
+                if counts[k, j]
+            )
+            _reject(rej, info, f"colour purity {purity:.2f} < {MIN_PURITY} ({mix})", **col)
+            continue
         mask = lab[sb.start, sy, sx] == k
-        ious = {s: shape_iou(mask, t) for s, t in TEMPLATES.items() if min(area, t.sum()) >= MIN_IOU * max(area, t.sum())}
+        ious = {
+            s: shape_iou(mask, t) for s, t in TEMPLATES.items() if min(area, t.sum()) >= MIN_IOU * max(area, t.sum())
+        }
         shape = max(ious, key=ious.get) if ious else None
         iou = ious.get(shape, 0.0)
         if iou < MIN_IOU:
-            _reject(rej, info, f"shape IoU {iou:.2f} < {MIN_IOU}" + (f" (best: {shape})" if shape else " (area fits no shape)"),
-                    **col, shape=shape, shape_iou=iou); continue
-        dets.setdefault(shape, []).append({"box": info["box"], "color": col["color"], "score": iou * purity,
-                                           "shape_iou": iou, "color_purity": purity})
+            _reject(
+                rej,
+                info,
+                f"shape IoU {iou:.2f} < {MIN_IOU}" + (f" (best: {shape})" if shape else " (area fits no shape)"),
+                **col,
+                shape=shape,
+                shape_iou=iou,
+            )
+            continue
+        dets.setdefault(shape, []).append(
+            {"box": info["box"], "color": col["color"], "score": iou * purity, "shape_iou": iou, "color_purity": purity}
+        )
     for dets, _ in out:
-        for v in dets.values(): v.sort(key=lambda o: (-o["score"], o["box"][1], o["box"][0]))
+        for v in dets.values():
+            v.sort(key=lambda o: (-o["score"], o["box"][1], o["box"][0]))
     return out
 
-def analyse(image: np.ndarray,  # HxWx3 uint8 image
-            ) -> tuple[dict, list]:
+
+def analyse(
+    image: np.ndarray,  # HxWx3 uint8 image
+) -> tuple[dict, list]:
     "(detections {class: [detection, ...]}, rejected components with reasons) of one image."
     return analyse_batch(np.asarray(image)[None])[0]
 
-def find_objects(image: np.ndarray,  # HxWx3 uint8 image
-                 ) -> dict[str, list[dict]]:
+
+def find_objects(
+    image: np.ndarray,  # HxWx3 uint8 image
+) -> dict[str, list[dict]]:
     "The intact objects of a toy image: {class: [detection, ...]} sorted by decreasing score."
     return analyse(image)[0]
 
 # %% ../../nbs/toy/03_judge.ipynb #7cd3afab
 def _check_image(im, field: str = "image") -> np.ndarray:
     a = np.asarray(im)
-    if a.dtype != np.uint8: raise InputError(f"expected uint8 pixels, got {a.dtype}", field=f"{field}.dtype")
+    if a.dtype != np.uint8:
+        raise InputError(f"expected uint8 pixels, got {a.dtype}", field=f"{field}.dtype")
     S = world.IMAGE_SIZE
-    if a.shape != (S, S, 3): raise InputError(f"expected shape ({S}, {S}, 3), got {a.shape}", field=f"{field}.shape")
+    if a.shape != (S, S, 3):
+        raise InputError(f"expected shape ({S}, {S}, 3), got {a.shape}", field=f"{field}.shape")
     return a
 
-def _r4(v): return round(float(v), 4)
+
+def _r4(v):
+    return round(float(v), 4)
+
 
 def _result(meta: dict, dets: dict, rejected: list) -> dict:
     correct, reason = evaluate(dets, meta)
@@ -136,52 +186,82 @@ def _result(meta: dict, dets: dict, rejected: list) -> dict:
     broken = [r for r in rejected if not r["reason"].startswith("noise")]
     if not correct and broken:
         reason += "".join(f"\nnot an object: [{','.join(str(int(v)) for v in r['box'])}] {r['reason']}" for r in broken)
-    details = {c: [{"box": d["box"], "color": d["color"], "score": _r4(d["score"])} for d in v] for c, v in dets.items()}
+    details = {
+        c: [{"box": d["box"], "color": d["color"], "score": _r4(d["score"])} for d in v] for c, v in dets.items()
+    }
     rej = [{k: _r4(v) if isinstance(v, float) else v for k, v in r.items()} for r in rejected]
-    return {"tag": meta["tag"], "prompt": meta["prompt"], "correct": bool(correct), "reason": reason,
-            "metadata": dump_metadata(meta), "details": json.dumps(details),
-            "strict_correct": bool(strict), "score": float(score), "rejected": json.dumps(rej)}
+    return {
+        "tag": meta["tag"],
+        "prompt": meta["prompt"],
+        "correct": bool(correct),
+        "reason": reason,
+        "metadata": dump_metadata(meta),
+        "details": json.dumps(details),
+        "strict_correct": bool(strict),
+        "score": float(score),
+        "rejected": json.dumps(rej),
+    }
 
-def judge_image(image: np.ndarray,  # IMAGE_SIZE x IMAGE_SIZE x 3 uint8 image
-                meta: dict,  # the prompt's GenEval metadata record (toy vocabulary)
-                ) -> dict:
+
+def judge_image(
+    image: np.ndarray,  # IMAGE_SIZE x IMAGE_SIZE x 3 uint8 image
+    meta: dict,  # the prompt's GenEval metadata record (toy vocabulary)
+) -> dict:
     "GenEval result record of one toy image: correct, reason, details, strict_correct and score."
     validate_metadata(meta, classes=world.SHAPES, colors=world.COLORS)
     dets, rejected = analyse(_check_image(image))
     return _result(meta, dets, rejected)
 
 # %% ../../nbs/toy/03_judge.ipynb #86e80ab5
-def judge_batch(images,  # uint8 [B, H, W, 3] array, or a list of B HxWx3 uint8 images
-                metas: Sequence[dict],  # B metadata records, one per image
-                ) -> list[dict]:
+def judge_batch(
+    images,  # uint8 [B, H, W, 3] array, or a list of B HxWx3 uint8 images
+    metas: Sequence[dict],  # B metadata records, one per image
+) -> list[dict]:
     "GenEval result records of a batch of toy images (the RL reward)."
-    if len(images) != len(metas): raise InputError(f"{len(images)} images but {len(metas)} metadata records", field="metas")
+    if len(images) != len(metas):
+        raise InputError(f"{len(images)} images but {len(metas)} metadata records", field="metas")
     S = world.IMAGE_SIZE
     if isinstance(images, np.ndarray):
-        if images.shape[1:] != (S, S, 3): raise InputError(f"expected [B, {S}, {S}, 3] images, got shape {images.shape}", field="images.shape")
-        if images.dtype != np.uint8: raise InputError(f"expected uint8 pixels, got {images.dtype}", field="images.dtype")
+        if images.shape[1:] != (S, S, 3):
+            raise InputError(f"expected [B, {S}, {S}, 3] images, got shape {images.shape}", field="images.shape")
+        if images.dtype != np.uint8:
+            raise InputError(f"expected uint8 pixels, got {images.dtype}", field="images.dtype")
         a = images
-    else: a = np.stack([_check_image(im, f"images[{i}]") for i, im in enumerate(images)]) if len(images) else np.zeros((0, S, S, 3), np.uint8)
+    else:
+        a = (
+            np.stack([_check_image(im, f"images[{i}]") for i, im in enumerate(images)])
+            if len(images)
+            else np.zeros((0, S, S, 3), np.uint8)
+        )
     for i, m in enumerate(metas):
-        try: validate_metadata(m, classes=world.SHAPES, colors=world.COLORS)
-        except InputError as e: raise InputError(e.msg, field=f"metas[{i}].{e.field}" if e.field else f"metas[{i}]") from None
+        try:
+            validate_metadata(m, classes=world.SHAPES, colors=world.COLORS)
+        except InputError as e:
+            raise InputError(e.msg, field=f"metas[{i}].{e.field}" if e.field else f"metas[{i}]") from None
     return [_result(m, d, r) for m, (d, r) in zip(metas, analyse_batch(a))]
 
 # %% ../../nbs/toy/03_judge.ipynb #f2cb3ba1
-def read_image(path: str | os.PathLike,  # a PNG (or any image PIL reads) of the toy world
-               ) -> np.ndarray:
+def read_image(
+    path: str | os.PathLike,  # a PNG (or any image PIL reads) of the toy world
+) -> np.ndarray:
     "An image file as an IMAGE_SIZE x IMAGE_SIZE x 3 uint8 array; errors name the file."
     from PIL import Image
+
     try:
-        with Image.open(path) as im: a = np.asarray(im.convert("RGB"))
-    except Exception as e: raise InputError(f"not a readable image ({type(e).__name__}: {e})", file=path) from None
+        with Image.open(path) as im:
+            a = np.asarray(im.convert("RGB"))
+    except Exception as e:
+        raise InputError(f"not a readable image ({type(e).__name__}: {e})", file=path) from None
     S = world.IMAGE_SIZE
-    if a.shape[:2] != (S, S): raise InputError(f"image is {a.shape[1]}x{a.shape[0]}, expected {S}x{S}", file=path, field="size")
+    if a.shape[:2] != (S, S):
+        raise InputError(f"image is {a.shape[1]}x{a.shape[0]}, expected {S}x{S}", file=path, field="size")
     return a
 
-def judge_folder(folder: str | os.PathLike,  # a folder in GenEval's layout, toy vocabulary
-                 out_jsonl: str | os.PathLike,  # where to write the per-image results (jsonl, atomic)
-                 ) -> dict:
+
+def judge_folder(
+    folder: str | os.PathLike,  # a folder in GenEval's layout, toy vocabulary
+    out_jsonl: str | os.PathLike,  # where to write the per-image results (jsonl, atomic)
+) -> dict:
     "Judge every image of a GenEval-layout folder, write GenEval's results jsonl, return the summary."
     samples = load_samples(folder, classes=world.SHAPES, colors=world.COLORS)
     results = []

@@ -20,31 +20,51 @@ from .tokenizer import PatchTokenizer
 __all__ = ['toy_pipeline']
 
 # %% ../../nbs/toy/02_pipeline.ipynb #d2822690
-def toy_pipeline(dim: int = 64,  # transformer width D (= heads x head_dim = pooled text width)
-                 heads: int = 2,  # attention heads
-                 layers: int = 1,  # dual-stream blocks
-                 single_layers: int = 1,  # single-stream blocks
-                 text_dim: int = 32,  # text tower width (joint_attention_dim)
-                 text_layers: int = 2,  # text tower depth
-                 max_length: int = 16,  # prompt tokens
-                 seed: int = 0,  # initialisation seed
-                 downsample: bool = True,  # Meissonic's 2x2 patch merge before the transformer (and upsample after)
-                 text_encoder: CLIPTextEncoder | None = None,  # a given (e.g. pretrained, frozen) text encoder; None: a random one
-                 ) -> MaskedPipeline:
+def toy_pipeline(
+    dim: int = 64,  # transformer width D (= heads x head_dim = pooled text width)
+    heads: int = 2,  # attention heads
+    layers: int = 1,  # dual-stream blocks
+    single_layers: int = 1,  # single-stream blocks
+    text_dim: int = 32,  # text tower width (joint_attention_dim)
+    text_layers: int = 2,  # text tower depth
+    max_length: int = 16,  # prompt tokens
+    seed: int = 0,  # initialisation seed
+    downsample: bool = True,  # Meissonic's 2x2 patch merge before the transformer (and upsample after)
+    text_encoder: CLIPTextEncoder | None = None,  # a given (e.g. pretrained, frozen) text encoder; None: a random one
+) -> MaskedPipeline:
     "A randomly initialised Meissonic-layout pipeline for the toy world (random text tower unless one is given)."
     tok = PatchTokenizer()
     if text_encoder is not None and text_encoder.pooled_dim != dim:
-        raise InputError(f"the text encoder's pooled width {text_encoder.pooled_dim} must equal the transformer width {dim} "
-                         "(Meissonic's pooled_projection_dim = D: the pooled text goes through cond_embed into the D-wide time/text embedder)", field="dim")
+        raise InputError(
+            f"the text encoder's pooled width {text_encoder.pooled_dim} must equal the transformer width {dim} "
+            "(Meissonic's pooled_projection_dim = D: the pooled text goes through cond_embed into the D-wide time/text embedder)",
+            field="dim",
+        )
     hd = dim // heads
-    a0 = 2 * (hd // 8); rest = hd - a0; a1 = 2 * (rest // 4); a2 = rest - a1
-    cfg = MeissonicConfig(attention_head_dim=hd, num_attention_heads=heads, num_layers=layers, num_single_layers=single_layers,
-                          joint_attention_dim=text_encoder.hidden_dim if text_encoder else text_dim,
-                          pooled_projection_dim=dim, axes_dims_rope=(a0, a1, a2),
-                          vocab_size=tok.codebook_size + 1, codebook_size=tok.codebook_size, downsample=downsample, upsample=downsample)
+    a0 = 2 * (hd // 8)
+    rest = hd - a0
+    a1 = 2 * (rest // 4)
+    a2 = rest - a1
+    cfg = MeissonicConfig(
+        attention_head_dim=hd,
+        num_attention_heads=heads,
+        num_layers=layers,
+        num_single_layers=single_layers,
+        joint_attention_dim=text_encoder.hidden_dim if text_encoder else text_dim,
+        pooled_projection_dim=dim,
+        axes_dims_rope=(a0, a1, a2),
+        vocab_size=tok.codebook_size + 1,
+        codebook_size=tok.codebook_size,
+        downsample=downsample,
+        upsample=downsample,
+    )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         transformer = MeissonicTransformer(cfg).eval()
-    text = text_encoder or CLIPTextEncoder.tiny(hidden=text_dim, layers=text_layers, heads=2, projection_dim=dim, max_length=max_length, seed=seed)
-    sampling = SamplingConfig(steps=16, cfg=3.0, negative_prompt="", micro_conds=(world.IMAGE_SIZE, world.IMAGE_SIZE, 0, 0, 6))
+    text = text_encoder or CLIPTextEncoder.tiny(
+        hidden=text_dim, layers=text_layers, heads=2, projection_dim=dim, max_length=max_length, seed=seed
+    )
+    sampling = SamplingConfig(
+        steps=16, cfg=3.0, negative_prompt="", micro_conds=(world.IMAGE_SIZE, world.IMAGE_SIZE, 0, 0, 6)
+    )
     return MaskedPipeline(transformer, text, tok, sampling)

@@ -31,24 +31,49 @@ __all__ = ['PretrainConfig', 'world_batch', 'sampler_masks', 'pretrain']
 @dataclass
 class PretrainConfig:
     "Toy base-model pre-training; defaults are the pipeline's (params.yaml `pretrain`)."
+
     dim: int = field(default=128, metadata={"help": "transformer width D = heads x head_dim (Meissonic: 1024)"})
     heads: int = field(default=4, metadata={"help": "attention heads (Meissonic: 8)"})
     layers: int = field(default=2, metadata={"help": "dual-stream (MMDiT) blocks (Meissonic: 14)"})
     single_layers: int = field(default=2, metadata={"help": "single-stream blocks (Meissonic: 28)"})
-    text_dim: int = field(default=64, metadata={"help": "CLIP text tower width = joint_attention_dim (Meissonic: CLIP-H, 1024)"})
+    text_dim: int = field(
+        default=64, metadata={"help": "CLIP text tower width = joint_attention_dim (Meissonic: CLIP-H, 1024)"}
+    )
     text_layers: int = field(default=2, metadata={"help": "CLIP text tower depth (CLIP-H: 24)"})
-    text_encoder: str = field(default="", metadata={"help": "folder with a pretrained text_encoder/ + tokenizer/ (the toy CLIP: models/clip) used frozen, as Meissonic freezes CLIP-H; then text_dim/text_layers are unused. Empty: a CLIP text tower of text_dim x text_layers trained with the model"})
+    text_encoder: str = field(
+        default="",
+        metadata={
+            "help": "folder with a pretrained text_encoder/ + tokenizer/ (the toy CLIP: models/clip) used frozen, as Meissonic freezes CLIP-H; then text_dim/text_layers are unused. Empty: a CLIP text tower of text_dim x text_layers trained with the model"
+        },
+    )
     max_length: int = field(default=16, metadata={"help": "prompt tokens (Meissonic: 77)"})
-    downsample: bool = field(default=False, metadata={"help": "Meissonic's 2x2 patch merge before the transformer and transposed-conv upsample after (off at toy scale: on an 8x8 grid objects straddle the merged cells)"})
+    downsample: bool = field(
+        default=False,
+        metadata={
+            "help": "Meissonic's 2x2 patch merge before the transformer and transposed-conv upsample after (off at toy scale: on an 8x8 grid objects straddle the merged cells)"
+        },
+    )
     steps: int = field(default=1200, metadata={"help": "optimizer steps; the budget that sets how good the base is"})
     batch: int = field(default=64, metadata={"help": "images per step"})
     lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
     warmup: int = field(default=50, metadata={"help": "linear warm-up steps, then cosine decay to 0"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm"})
-    cond_dropout: float = field(default=0.1, metadata={"help": "fraction of captions replaced by the empty prompt (classifier-free guidance; Muse/Meissonic use ~10%)"})
-    p_prompt: float = field(default=0.5, metadata={"help": "fraction of pairs drawn as (training prompt, satisfying scene); the rest are random scenes with a true training caption"})
-    step_choices: tuple = field(default=(8, 16, 32), metadata={"help": "sampler step counts N whose (mask count, timestep) pairs are trained"})
+    cond_dropout: float = field(
+        default=0.1,
+        metadata={
+            "help": "fraction of captions replaced by the empty prompt (classifier-free guidance; Muse/Meissonic use ~10%)"
+        },
+    )
+    p_prompt: float = field(
+        default=0.5,
+        metadata={
+            "help": "fraction of pairs drawn as (training prompt, satisfying scene); the rest are random scenes with a true training caption"
+        },
+    )
+    step_choices: tuple = field(
+        default=(8, 16, 32), metadata={"help": "sampler step counts N whose (mask count, timestep) pairs are trained"}
+    )
     seed: int = field(default=0, metadata={"help": "seed of initialisation, data and masks"})
     checkpoint_every: int = field(default=100, metadata={"help": "optimizer steps between checkpoints"})
     log_every: int = field(default=10, metadata={"help": "optimizer steps between logged metrics"})
@@ -58,33 +83,38 @@ class PretrainConfig:
         "Build from a dict; unknown keys are an error naming the key."
         known = {f.name for f in fields(cls)}
         for k in d:
-            if k not in known: raise InputError(f"unknown pretrain key {k!r} (known: {', '.join(sorted(known))})", file=file, field=k)
+            if k not in known:
+                raise InputError(f"unknown pretrain key {k!r} (known: {', '.join(sorted(known))})", file=file, field=k)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 # %% ../../nbs/toy/05_pretrain.ipynb #14658966
-def world_batch(rng: np.random.Generator,  # data stream (its state is checkpointed)
-                n: int,  # pairs
-                train: Sequence[dict],  # training metadata records
-                p_prompt: float = 0.5,  # fraction of (prompt, satisfying scene) pairs
-                cond_dropout: float = 0.1,  # fraction of empty captions
-                ) -> tuple[list[str], np.ndarray]:
+def world_batch(
+    rng: np.random.Generator,  # data stream (its state is checkpointed)
+    n: int,  # pairs
+    train: Sequence[dict],  # training metadata records
+    p_prompt: float = 0.5,  # fraction of (prompt, satisfying scene) pairs
+    cond_dropout: float = 0.1,  # fraction of empty captions
+) -> tuple[list[str], np.ndarray]:
     "Captions and rendered images (uint8 [n,64,64,3]) from the training prompts only."
     allowed = {m["prompt"] for m in train}
     caps, ims = [], []
     for _ in range(n):
         if rng.random() < p_prompt:
-            m = train[rng.integers(len(train))]; scene = world.sample_scene(m, rng)
-        else: scene, m = world.captioned_scene(rng, allowed)
+            m = train[rng.integers(len(train))]
+            scene = world.sample_scene(m, rng)
+        else:
+            scene, m = world.captioned_scene(rng, allowed)
         caps.append("" if rng.random() < cond_dropout else m["prompt"])
         ims.append(world.render(scene))
     return caps, np.stack(ims)
 
 # %% ../../nbs/toy/05_pretrain.ipynb #aff08182
-def sampler_masks(n: int,  # batch size
-                  seq_len: int,  # tokens per image
-                  step_choices: Sequence[int],  # step counts N to draw from
-                  generator: torch.Generator,  # mask stream (its state is checkpointed)
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def sampler_masks(
+    n: int,  # batch size
+    seq_len: int,  # tokens per image
+    step_choices: Sequence[int],  # step counts N to draw from
+    generator: torch.Generator,  # mask stream (its state is checkpointed)
+) -> tuple[torch.Tensor, torch.Tensor]:
     "Masks [n, seq_len] with the sampler's mask counts, and the matching timesteps [n] (N-1-s)."
     Ns = torch.tensor(step_choices)[torch.randint(len(step_choices), (n,), generator=generator)]
     s = (torch.rand(n, generator=generator) * Ns).floor().long()
@@ -97,56 +127,83 @@ def sampler_masks(n: int,  # batch size
 # %% ../../nbs/toy/05_pretrain.ipynb #5345bf2b
 def _frozen_text_encoder(cfg: PretrainConfig) -> tuple[CLIPTextEncoder | None, str | None]:
     "(the frozen encoder, SHA-256 of its weight files), or (None, None) when the tower is trained with the model."
-    if not cfg.text_encoder: return None, None
+    if not cfg.text_encoder:
+        return None, None
     import hashlib
+
     folder = Path(cfg.text_encoder)
     enc = CLIPTextEncoder.load(folder, cfg.max_length).requires_grad_(False).eval()
     h = hashlib.sha256()
-    for f in sorted((folder/"text_encoder").glob("*.safetensors")): h.update(f.read_bytes())
+    for f in sorted((folder / "text_encoder").glob("*.safetensors")):
+        h.update(f.read_bytes())
     return enc, h.hexdigest()
 
 # %% ../../nbs/toy/05_pretrain.ipynb #47e48cc1
 def _lr_lambda(cfg: PretrainConfig):
-    return lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps))
+    return lambda s: (
+        min(1.0, (s + 1) / max(1, cfg.warmup)) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps))
+    )
 
-def pretrain(cfg: PretrainConfig,  # the recipe
-             train: Sequence[dict],  # training metadata records (never the test split)
-             run_dir: str | Path,  # checkpoints and dvclive metrics go here
-             out: str | Path | None = None,  # where the final pipeline is saved (released layout)
-             resume: bool = True,  # continue from the latest checkpoint in run_dir if there is one
-             progress: bool = True,  # show a tqdm bar
-             max_steps: int | None = None,  # stop after this many steps in this call (for tests); None: cfg.steps
-             ) -> MaskedPipeline:
+
+def pretrain(
+    cfg: PretrainConfig,  # the recipe
+    train: Sequence[dict],  # training metadata records (never the test split)
+    run_dir: str | Path,  # checkpoints and dvclive metrics go here
+    out: str | Path | None = None,  # where the final pipeline is saved (released layout)
+    resume: bool = True,  # continue from the latest checkpoint in run_dir if there is one
+    progress: bool = True,  # show a tqdm bar
+    max_steps: int | None = None,  # stop after this many steps in this call (for tests); None: cfg.steps
+) -> MaskedPipeline:
     "Pre-train the toy base model MaskGIT-style; resumable exactly from its checkpoints."
     from tqdm.auto import tqdm
     from dvclive import Live
+
     run_dir = Path(run_dir)
     frozen, frozen_sha = _frozen_text_encoder(cfg)
-    pipe = toy_pipeline(cfg.dim, cfg.heads, cfg.layers, cfg.single_layers, cfg.text_dim, cfg.text_layers, cfg.max_length, cfg.seed, cfg.downsample,
-                        text_encoder=frozen)
+    pipe = toy_pipeline(
+        cfg.dim,
+        cfg.heads,
+        cfg.layers,
+        cfg.single_layers,
+        cfg.text_dim,
+        cfg.text_layers,
+        cfg.max_length,
+        cfg.seed,
+        cfg.downsample,
+        text_encoder=frozen,
+    )
     model, text, tok = pipe.transformer, pipe.text_encoder, pipe.tokenizer
     trained = (model,) if frozen else (model, text)
     params = [p for m in trained for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     data_rng, mask_gen = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
-    modules, gens = {"transformer": model} | ({} if frozen else {"text_encoder": text.model}), {"data": data_rng, "mask": mask_gen}
+    modules, gens = (
+        {"transformer": model} | ({} if frozen else {"text_encoder": text.model}),
+        {"data": data_rng, "mask": mask_gen},
+    )
     saved_config = asdict(cfg) | {"step_choices": list(cfg.step_choices), "text_encoder_sha256": frozen_sha}
     start = 0
     if resume and list_checkpoints(run_dir):
         st = load_checkpoint(run_dir, modules, opt, sched, gens)
         if st["extra"].get("config") != saved_config:
-            raise InputError("the checkpoint was made with another configuration (or another frozen text encoder); use a new run_dir or resume=False", file=run_dir)
+            raise InputError(
+                "the checkpoint was made with another configuration (or another frozen text encoder); use a new run_dir or resume=False",
+                file=run_dir,
+            )
         start = st["step"]
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"pretrain: transformer {n_params/1e6:.2f} M params, text tower {sum(p.numel() for p in text.parameters())/1e6:.2f} M "
-          f"({'frozen, from ' + cfg.text_encoder if frozen else 'trained with the model'}); "
-          f"{cfg.steps} steps x {cfg.batch} images = {cfg.steps * cfg.batch} pairs; starting at step {start}")
+    print(
+        f"pretrain: transformer {n_params / 1e6:.2f} M params, text tower {sum(p.numel() for p in text.parameters()) / 1e6:.2f} M "
+        f"({'frozen, from ' + cfg.text_encoder if frozen else 'trained with the model'}); "
+        f"{cfg.steps} steps x {cfg.batch} images = {cfg.steps * cfg.batch} pairs; starting at step {start}"
+    )
     micro = pipe.micro_conds(cfg.batch)
     seq, V = tok.grid * tok.grid, tok.codebook_size
     end = cfg.steps if max_steps is None else min(cfg.steps, start + max_steps)
-    model.train(); text.train(not frozen)
-    with Live(str(run_dir/"dvclive"), resume=start > 0, report=None, save_dvc_exp=False, dvcyaml=None) as live:
+    model.train()
+    text.train(not frozen)
+    with Live(str(run_dir / "dvclive"), resume=start > 0, report=None, save_dvc_exp=False, dvcyaml=None) as live:
         bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not progress, desc="pretrain")
         t0 = time.time()
         for step in bar:
@@ -154,22 +211,34 @@ def pretrain(cfg: PretrainConfig,  # the recipe
             x = tok.encode(to_tensor(ims)).view(cfg.batch, seq)
             mask, t = sampler_masks(cfg.batch, seq, cfg.step_choices, mask_gen)
             inp = torch.where(mask, model.mask_token_id, x).view(cfg.batch, tok.grid, tok.grid)
-            with torch.set_grad_enabled(not frozen): h, p = text(caps)
+            with torch.set_grad_enabled(not frozen):
+                h, p = text(caps)
             logits = model(inp, h, p, t, micro).permute(0, 2, 3, 1).reshape(cfg.batch, seq, V)
             loss = F.cross_entropy(logits[mask], x[mask])
-            opt.zero_grad(set_to_none=True); loss.backward()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
             gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step(); sched.step()
+            opt.step()
+            sched.step()
             if (step + 1) % cfg.log_every == 0 or step + 1 == end:
                 acc = (logits[mask].argmax(-1) == x[mask]).float().mean().item()
                 live.step = step + 1
-                for k, v in {"loss": loss.item(), "token_acc": acc, "lr": sched.get_last_lr()[0], "grad_norm": gn.item(),
-                             "sec_per_step": (time.time() - t0) / (step + 1 - start)}.items(): live.log_metric(k, v)
+                for k, v in {
+                    "loss": loss.item(),
+                    "token_acc": acc,
+                    "lr": sched.get_last_lr()[0],
+                    "grad_norm": gn.item(),
+                    "sec_per_step": (time.time() - t0) / (step + 1 - start),
+                }.items():
+                    live.log_metric(k, v)
                 bar.set_postfix(loss=f"{loss.item():.3f}")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-                save_checkpoint(run_dir, step + 1, modules, opt, sched, gens,
-                                extra={"config": saved_config, "loss": loss.item()})
+                save_checkpoint(
+                    run_dir, step + 1, modules, opt, sched, gens, extra={"config": saved_config, "loss": loss.item()}
+                )
         bar.close()
-    model.eval(); text.eval()
-    if out is not None and end == cfg.steps: pipe.save(out)
+    model.eval()
+    text.eval()
+    if out is not None and end == cfg.steps:
+        pipe.save(out)
     return pipe

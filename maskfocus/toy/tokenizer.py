@@ -26,23 +26,33 @@ def world_patches() -> tuple[np.ndarray, list[str]]:
     patches, names = [np.broadcast_to(np.array(world.BACKGROUND, np.uint8), (P, P, 3)).copy()], ["background"]
     for s in world.SHAPES:
         for c in world.COLORS:
-            cell = np.empty((n, n, 3), np.uint8); cell[:] = world.BACKGROUND
+            cell = np.empty((n, n, 3), np.uint8)
+            cell[:] = world.BACKGROUND
             cell[world.SHAPE_MASKS[s]] = world.COLOR_RGB[c]
             for q, (r, k) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-                patches.append(cell[r*P:(r+1)*P, k*P:(k+1)*P].copy()); names.append(f"{c} {s} q{q}")
+                patches.append(cell[r * P : (r + 1) * P, k * P : (k + 1) * P].copy())
+                names.append(f"{c} {s} q{q}")
     return np.stack(patches), names
+
 
 class PatchTokenizer:
     "Exact tokenizer of the toy world: one code per distinct 8x8 patch."
+
     def __init__(self, strict: bool = True):  # raise on patches outside the codebook (else: nearest code)
         self.patches, self.names = world_patches()
-        self.codebook_size, self.image_size, self.grid, self.patch = len(self.patches), world.IMAGE_SIZE, world.GRID, world.PATCH
+        self.codebook_size, self.image_size, self.grid, self.patch = (
+            len(self.patches),
+            world.IMAGE_SIZE,
+            world.GRID,
+            world.PATCH,
+        )
         self.strict = strict
         flat = self.patches.reshape(len(self.patches), -1)
         self._w = np.random.default_rng(0).integers(1, 2**31, flat.shape[1], dtype=np.int64)
         keys = flat.astype(np.int64) @ self._w
         assert len(set(keys.tolist())) == len(keys), "hash collision inside the codebook"
-        self._order = np.argsort(keys); self._keys = keys[self._order]
+        self._order = np.argsort(keys)
+        self._keys = keys[self._order]
         self.codebook = torch.from_numpy(flat).float() / 127.5 - 1  # [V, 192] in [-1, 1]
         self.embed_dim = self.codebook.shape[1]
         pix = torch.from_numpy(self.patches).float().permute(0, 3, 1, 2) / 255  # [V,3,8,8]
@@ -50,7 +60,9 @@ class PatchTokenizer:
 
     def _to_patches(self, images: torch.Tensor) -> np.ndarray:
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != (self.image_size, self.image_size):
-            raise InputError(f"expected images [B,3,{self.image_size},{self.image_size}], got {tuple(images.shape)}", field="images")
+            raise InputError(
+                f"expected images [B,3,{self.image_size},{self.image_size}], got {tuple(images.shape)}", field="images"
+            )
         a = to_uint8(images)  # [B,H,W,3]
         B, g, p = a.shape[0], self.grid, self.patch
         return a.reshape(B, g, p, g, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(B, g, g, p * p * 3)
@@ -65,16 +77,23 @@ class PatchTokenizer:
         if not exact.all():
             if self.strict:
                 b, r, c = np.argwhere(~exact)[0]
-                raise InputError(f"{(~exact).sum()} patch(es) not in the codebook, first in image {b} at token ({r}, {c}); "
-                                 "use PatchTokenizer(strict=False) to map them to the nearest code", field="images")
+                raise InputError(
+                    f"{(~exact).sum()} patch(es) not in the codebook, first in image {b} at token ({r}, {c}); "
+                    "use PatchTokenizer(strict=False) to map them to the nearest code",
+                    field="images",
+                )
             bad = torch.from_numpy(flat[~exact]).float()
             ids[~exact] = torch.cdist(bad, self.codebook.add(1).mul(127.5)).argmin(1).numpy()
         return torch.from_numpy(ids).long()
 
     def decode(self, ids: torch.Tensor) -> torch.Tensor:  # [B,8,8] int64; the mask id decodes as grey
         "Images [B,3,64,64] in [0,1] from token ids."
-        if ids.ndim != 3 or ids.shape[1:] != (self.grid, self.grid): raise InputError(f"expected ids [B,{self.grid},{self.grid}], got {tuple(ids.shape)}", field="ids")
-        if ids.min() < 0 or ids.max() > self.codebook_size: raise InputError(f"ids must lie in 0..{self.codebook_size} (mask), got {ids.min()}..{ids.max()}", field="ids")
+        if ids.ndim != 3 or ids.shape[1:] != (self.grid, self.grid):
+            raise InputError(f"expected ids [B,{self.grid},{self.grid}], got {tuple(ids.shape)}", field="ids")
+        if ids.min() < 0 or ids.max() > self.codebook_size:
+            raise InputError(
+                f"ids must lie in 0..{self.codebook_size} (mask), got {ids.min()}..{ids.max()}", field="ids"
+            )
         B, g, p = ids.shape[0], self.grid, self.patch
         x = self._pix.to(ids.device)[ids]  # [B,g,g,3,p,p]
         return x.permute(0, 3, 1, 4, 2, 5).reshape(B, 3, g * p, g * p)
@@ -88,10 +107,9 @@ class PatchTokenizer:
     def save(self, folder: str | os.PathLike):  # checkpoint root; writes vqvae/config.json
         "Write the tokenizer's config (it has no weights: the codebook follows from the world)."
         cfg = {"_class_name": self.vqvae_class, "image_size": self.image_size, "patch": self.patch}
-        write_json_atomic(Path(folder)/VQVAE_DIR/VQ_CONFIG_NAME, cfg)
+        write_json_atomic(Path(folder) / VQVAE_DIR / VQ_CONFIG_NAME, cfg)
 
     @classmethod
     def load(cls, folder: str | os.PathLike, device: str | torch.device = "cpu"):  # device: unused (no weights)
         "The tokenizer of a folder written by `save`."
         return cls()
-

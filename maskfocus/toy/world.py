@@ -30,8 +30,14 @@ GRID = IMAGE_SIZE // PATCH  # tokens per side (8)
 CELL = 2  # tokens per object side: an object fills a 16x16-pixel cell
 BACKGROUND = (245, 245, 245)
 SHAPES = ("circle", "square", "triangle")
-COLOR_RGB = {"red": (220, 30, 30), "yellow": (240, 200, 20), "green": (30, 160, 60),
-             "blue": (30, 80, 220), "purple": (140, 50, 180), "pink": (245, 120, 200)}  # GenEval colour names
+COLOR_RGB = {
+    "red": (220, 30, 30),
+    "yellow": (240, 200, 20),
+    "green": (30, 160, 60),
+    "blue": (30, 80, 220),
+    "purple": (140, 50, 180),
+    "pink": (245, 120, 200),
+}  # GenEval colour names
 COLORS = tuple(COLOR_RGB)
 MAX_OBJECTS = 4
 PLURAL = {s: s + "s" for s in SHAPES}
@@ -41,11 +47,14 @@ def shape_mask(shape: str) -> np.ndarray:  # one of SHAPES
     "Boolean 16x16 mask of `shape` inside its cell."
     n = CELL * PATCH
     y, x = np.mgrid[0:n, 0:n] + 0.5
-    if shape == "circle": return (x - n/2)**2 + (y - n/2)**2 <= 7**2
-    if shape == "square": return (x > 1) & (x < n - 1) & (y > 1) & (y < n - 1)
+    if shape == "circle":
+        return (x - n / 2) ** 2 + (y - n / 2) ** 2 <= 7**2
+    if shape == "square":
+        return (x > 1) & (x < n - 1) & (y > 1) & (y < n - 1)
     if shape == "triangle":  # apex (8, 1), base from (1, 15) to (15, 15)
-        return (y < n - 1) & (np.abs(x - n/2) <= (y - 1) * 0.5)
+        return (y < n - 1) & (np.abs(x - n / 2) <= (y - 1) * 0.5)
     raise InputError(f"unknown shape {shape!r} (known: {', '.join(SHAPES)})", field="shape")
+
 
 SHAPE_MASKS = {s: shape_mask(s) for s in SHAPES}
 
@@ -53,6 +62,7 @@ SHAPE_MASKS = {s: shape_mask(s) for s in SHAPES}
 @dataclass(frozen=True)
 class Obj:
     "One object: shape, colour and the token position (row, col) of its 2x2-token cell."
+
     shape: str  # one of SHAPES
     color: str  # one of COLORS
     row: int  # top token row of the cell, 0..GRID-CELL
@@ -65,21 +75,29 @@ class Obj:
         x0, y0 = self.col * PATCH, self.row * PATCH
         return [float(x0 + xs.min()), float(y0 + ys.min()), float(x0 + xs.max() + 1), float(y0 + ys.max() + 1)]
 
+
 Scene = tuple  # a tuple of Obj
+
 
 def separated(a: Obj, b: Obj) -> bool:  # two objects
     "True if the cells of `a` and `b` are at least one token apart."
     return max(abs(a.row - b.row), abs(a.col - b.col)) >= CELL + 1
 
+
 def check_scene(scene: Sequence[Obj]):  # the objects of a scene
     "Raise `InputError` unless the scene is valid: known shapes and colours, cells on the grid, separated."
-    if not 1 <= len(scene) <= MAX_OBJECTS: raise InputError(f"a scene has 1..{MAX_OBJECTS} objects, got {len(scene)}")
+    if not 1 <= len(scene) <= MAX_OBJECTS:
+        raise InputError(f"a scene has 1..{MAX_OBJECTS} objects, got {len(scene)}")
     for i, o in enumerate(scene):
-        if o.shape not in SHAPES: raise InputError(f"unknown shape {o.shape!r}", field=f"objects[{i}].shape")
-        if o.color not in COLORS: raise InputError(f"unknown colour {o.color!r}", field=f"objects[{i}].color")
-        if not (0 <= o.row <= GRID - CELL and 0 <= o.col <= GRID - CELL): raise InputError(f"cell ({o.row}, {o.col}) is off the grid", field=f"objects[{i}]")
+        if o.shape not in SHAPES:
+            raise InputError(f"unknown shape {o.shape!r}", field=f"objects[{i}].shape")
+        if o.color not in COLORS:
+            raise InputError(f"unknown colour {o.color!r}", field=f"objects[{i}].color")
+        if not (0 <= o.row <= GRID - CELL and 0 <= o.col <= GRID - CELL):
+            raise InputError(f"cell ({o.row}, {o.col}) is off the grid", field=f"objects[{i}]")
     for (i, a), (j, b) in itertools.combinations(enumerate(scene), 2):
-        if not separated(a, b): raise InputError(f"objects {i} and {j} are closer than one token", field=f"objects[{j}]")
+        if not separated(a, b):
+            raise InputError(f"objects {i} and {j} are closer than one token", field=f"objects[{j}]")
 
 # %% ../../nbs/toy/00_world.ipynb #2abd5b26
 def render(scene: Sequence[Obj]) -> np.ndarray:  # the objects to draw
@@ -90,48 +108,77 @@ def render(scene: Sequence[Obj]) -> np.ndarray:  # the objects to draw
     n = CELL * PATCH
     for o in scene:
         y0, x0 = o.row * PATCH, o.col * PATCH
-        im[y0:y0 + n, x0:x0 + n][SHAPE_MASKS[o.shape]] = COLOR_RGB[o.color]
+        im[y0 : y0 + n, x0 : x0 + n][SHAPE_MASKS[o.shape]] = COLOR_RGB[o.color]
     return im
 
 # %% ../../nbs/toy/00_world.ipynb #0d050639
-def _a(word: str) -> str: return ("an " if word[0] in "aeiou" else "a ") + word
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
 
-def make_metadata(tag: str,  # one of GenEval's six tags
-                  classes: Sequence[str],  # one class (single_object, counting, colors) or two
-                  count: int = 1,  # counting: how many
-                  colors: Sequence[str] = (),  # colors: one colour; color_attr: two
-                  relation: str | None = None,  # position: relation of classes[0] to classes[1]
-                  ) -> dict:
+
+def make_metadata(
+    tag: str,  # one of GenEval's six tags
+    classes: Sequence[str],  # one class (single_object, counting, colors) or two
+    count: int = 1,  # counting: how many
+    colors: Sequence[str] = (),  # colors: one colour; color_attr: two
+    relation: str | None = None,  # position: relation of classes[0] to classes[1]
+) -> dict:
     "One GenEval metadata record with GenEval's wording."
     c = list(classes)
     if tag == "single_object":
         m = {"tag": tag, "include": [{"class": c[0], "count": 1}], "prompt": f"a photo of {_a(c[0])}"}
     elif tag == "two_object":
-        m = {"tag": tag, "include": [{"class": c[0], "count": 1}, {"class": c[1], "count": 1}], "prompt": f"a photo of {_a(c[0])} and {_a(c[1])}"}
+        m = {
+            "tag": tag,
+            "include": [{"class": c[0], "count": 1}, {"class": c[1], "count": 1}],
+            "prompt": f"a photo of {_a(c[0])} and {_a(c[1])}",
+        }
     elif tag == "counting":
-        m = {"tag": tag, "include": [{"class": c[0], "count": count}], "exclude": [{"class": c[0], "count": count + 1}],
-             "prompt": f"a photo of {NUMBER_WORDS[count]} {PLURAL.get(c[0], c[0] + 's')}"}
+        m = {
+            "tag": tag,
+            "include": [{"class": c[0], "count": count}],
+            "exclude": [{"class": c[0], "count": count + 1}],
+            "prompt": f"a photo of {NUMBER_WORDS[count]} {PLURAL.get(c[0], c[0] + 's')}",
+        }
     elif tag == "colors":
-        m = {"tag": tag, "include": [{"class": c[0], "count": 1, "color": colors[0]}], "prompt": f"a photo of {_a(colors[0] + ' ' + c[0])}"}
+        m = {
+            "tag": tag,
+            "include": [{"class": c[0], "count": 1, "color": colors[0]}],
+            "prompt": f"a photo of {_a(colors[0] + ' ' + c[0])}",
+        }
     elif tag == "position":
-        m = {"tag": tag, "include": [{"class": c[1], "count": 1}, {"class": c[0], "count": 1, "position": [relation, 0]}],
-             "prompt": f"a photo of {_a(c[0])} {relation} {_a(c[1])}"}
+        m = {
+            "tag": tag,
+            "include": [{"class": c[1], "count": 1}, {"class": c[0], "count": 1, "position": [relation, 0]}],
+            "prompt": f"a photo of {_a(c[0])} {relation} {_a(c[1])}",
+        }
     elif tag == "color_attr":
-        m = {"tag": tag, "include": [{"class": c[0], "count": 1, "color": colors[0]}, {"class": c[1], "count": 1, "color": colors[1]}],
-             "prompt": f"a photo of {_a(colors[0] + ' ' + c[0])} and {_a(colors[1] + ' ' + c[1])}"}
-    else: raise InputError(f"unknown tag {tag!r} (known: {', '.join(TAGS)})", field="tag")
+        m = {
+            "tag": tag,
+            "include": [
+                {"class": c[0], "count": 1, "color": colors[0]},
+                {"class": c[1], "count": 1, "color": colors[1]},
+            ],
+            "prompt": f"a photo of {_a(colors[0] + ' ' + c[0])} and {_a(colors[1] + ' ' + c[1])}",
+        }
+    else:
+        raise InputError(f"unknown tag {tag!r} (known: {', '.join(TAGS)})", field="tag")
     return validate_metadata(m, classes=SHAPES, colors=COLORS)
 
 # %% ../../nbs/toy/00_world.ipynb #96ff7730
 def all_prompts(tag: str | None = None) -> list[dict]:  # restrict to one tag (None: all six)
     "Every prompt of the toy world, in a fixed order."
     pairs = list(itertools.permutations(SHAPES, 2))
-    gen = {"single_object": lambda: [make_metadata("single_object", [s]) for s in SHAPES],
-           "two_object": lambda: [make_metadata("two_object", p) for p in pairs],
-           "counting": lambda: [make_metadata("counting", [s], count=n) for s in SHAPES for n in (2, 3, 4)],
-           "colors": lambda: [make_metadata("colors", [s], colors=[c]) for s in SHAPES for c in COLORS],
-           "position": lambda: [make_metadata("position", p, relation=r) for p in pairs for r in OPPOSITE],
-           "color_attr": lambda: [make_metadata("color_attr", p, colors=cs) for p in pairs for cs in itertools.permutations(COLORS, 2)]}
+    gen = {
+        "single_object": lambda: [make_metadata("single_object", [s]) for s in SHAPES],
+        "two_object": lambda: [make_metadata("two_object", p) for p in pairs],
+        "counting": lambda: [make_metadata("counting", [s], count=n) for s in SHAPES for n in (2, 3, 4)],
+        "colors": lambda: [make_metadata("colors", [s], colors=[c]) for s in SHAPES for c in COLORS],
+        "position": lambda: [make_metadata("position", p, relation=r) for p in pairs for r in OPPOSITE],
+        "color_attr": lambda: [
+            make_metadata("color_attr", p, colors=cs) for p in pairs for cs in itertools.permutations(COLORS, 2)
+        ],
+    }
     tags = TAGS if tag is None else (tag,)
     return [m for t in tags for m in gen[t]()]
 
@@ -141,33 +188,45 @@ def composition(m: dict) -> tuple:  # a metadata record
     inc = m["include"]
     if m["tag"] == "position":
         a, b, rel = inc[1]["class"], inc[0]["class"], inc[1]["position"][0]
-        if rel in ("right of", "below"): a, b, rel = b, a, OPPOSITE[rel]
+        if rel in ("right of", "below"):
+            a, b, rel = b, a, OPPOSITE[rel]
         return ("position", a, rel, b)
     return (m["tag"], tuple(sorted((c["class"], c["count"], c.get("color", "")) for c in inc)))
 
 # %% ../../nbs/toy/00_world.ipynb #4aa41ea1
-def random_cells(n: int, rng: np.random.Generator, tries: int = 1000) -> list[tuple[int, int]]:  # how many cells; generator
+def random_cells(
+    n: int, rng: np.random.Generator, tries: int = 1000
+) -> list[tuple[int, int]]:  # how many cells; generator
     "`n` mutually separated random cells (row, col)."
     for _ in range(tries):
         cells = []
         for _ in range(200):
             rc = tuple(int(v) for v in rng.integers(0, GRID - CELL + 1, 2))
-            if all(max(abs(rc[0] - r), abs(rc[1] - c)) >= CELL + 1 for r, c in cells): cells.append(rc)
-            if len(cells) == n: return cells
+            if all(max(abs(rc[0] - r), abs(rc[1] - c)) >= CELL + 1 for r, c in cells):
+                cells.append(rc)
+            if len(cells) == n:
+                return cells
     raise RuntimeError(f"could not place {n} separated cells")
 
-def sample_scene(meta: dict,  # a GenEval metadata record in the toy vocabulary
-                 rng: np.random.Generator,  # source of randomness
-                 ) -> tuple[Obj, ...]:
+
+def sample_scene(
+    meta: dict,  # a GenEval metadata record in the toy vocabulary
+    rng: np.random.Generator,  # source of randomness
+) -> tuple[Obj, ...]:
     "A random scene that satisfies `meta` exactly (the included objects and nothing else)."
     validate_metadata(meta, classes=SHAPES, colors=COLORS)
     specs = [(c["class"], c.get("color")) for c in meta["include"] for _ in range(c["count"])]
-    if len(specs) > MAX_OBJECTS: raise InputError(f"asks for {len(specs)} objects, at most {MAX_OBJECTS} fit", field="include")
+    if len(specs) > MAX_OBJECTS:
+        raise InputError(f"asks for {len(specs)} objects, at most {MAX_OBJECTS} fit", field="include")
     for _ in range(1000):
         cells = random_cells(len(specs), rng)
         scene = tuple(Obj(s, c or COLORS[rng.integers(len(COLORS))], r, k) for (s, c), (r, k) in zip(specs, cells))
-        if all(c["position"][0] in relative_position(scene[i].box, scene[c["position"][1]].box)
-               for i, c in enumerate(meta["include"]) if "position" in c): return scene
+        if all(
+            c["position"][0] in relative_position(scene[i].box, scene[c["position"][1]].box)
+            for i, c in enumerate(meta["include"])
+            if "position" in c
+        ):
+            return scene
     raise RuntimeError(f"no scene found for {meta['prompt']!r}")
 
 # %% ../../nbs/toy/00_world.ipynb #fd499d68
@@ -183,37 +242,50 @@ def describe(scene: Sequence[Obj]) -> list[dict]:  # a scene
         a, b = scene
         out = [make_metadata("two_object", [a.shape, b.shape]), make_metadata("two_object", [b.shape, a.shape])]
         if a.color != b.color:
-            out += [make_metadata("color_attr", [a.shape, b.shape], colors=[a.color, b.color]),
-                    make_metadata("color_attr", [b.shape, a.shape], colors=[b.color, a.color])]
+            out += [
+                make_metadata("color_attr", [a.shape, b.shape], colors=[a.color, b.color]),
+                make_metadata("color_attr", [b.shape, a.shape], colors=[b.color, a.color]),
+            ]
         for x, y in ((a, b), (b, a)):
-            out += [make_metadata("position", [x.shape, y.shape], relation=r) for r in sorted(relative_position(x.box, y.box))]
+            out += [
+                make_metadata("position", [x.shape, y.shape], relation=r)
+                for r in sorted(relative_position(x.box, y.box))
+            ]
         return out
     return []
+
 
 def random_scene(rng: np.random.Generator) -> tuple[Obj, ...]:  # source of randomness
     "A random describable scene: one object, two different shapes, or 2-4 of one shape."
     kind = rng.integers(3)
-    if kind == 0: shapes = [SHAPES[rng.integers(3)]]
-    elif kind == 1: shapes = list(rng.choice(SHAPES, 2, replace=False))
-    else: shapes = [SHAPES[rng.integers(3)]] * int(rng.integers(2, MAX_OBJECTS + 1))
+    if kind == 0:
+        shapes = [SHAPES[rng.integers(3)]]
+    elif kind == 1:
+        shapes = list(rng.choice(SHAPES, 2, replace=False))
+    else:
+        shapes = [SHAPES[rng.integers(3)]] * int(rng.integers(2, MAX_OBJECTS + 1))
     cells = random_cells(len(shapes), rng)
     return tuple(Obj(str(s), COLORS[rng.integers(len(COLORS))], r, c) for s, (r, c) in zip(shapes, cells))
 
-def captioned_scene(rng: np.random.Generator,  # source of randomness
-                    allowed: set[str] | None = None,  # allowed prompt strings (None: any)
-                    ) -> tuple[tuple[Obj, ...], dict]:
+
+def captioned_scene(
+    rng: np.random.Generator,  # source of randomness
+    allowed: set[str] | None = None,  # allowed prompt strings (None: any)
+) -> tuple[tuple[Obj, ...], dict]:
     "A random scene and one of its true captions drawn from `allowed`."
     for _ in range(1000):
         scene = random_scene(rng)
         caps = [m for m in describe(scene) if allowed is None or m["prompt"] in allowed]
-        if caps: return scene, caps[rng.integers(len(caps))]
+        if caps:
+            return scene, caps[rng.integers(len(caps))]
     raise RuntimeError("no allowed caption found in 1000 random scenes")
 
 # %% ../../nbs/toy/00_world.ipynb #f69c5d83
-def make_splits(seed: int = 0,  # seed of the held-out choice and the test order
-                test_per_tag: int = 36,  # test entries per tag (GenEval has 80-100)
-                attr_holdout: float = 1/3,  # fraction of colour-attribution compositions held out
-                ) -> dict[str, list[dict]]:
+def make_splits(
+    seed: int = 0,  # seed of the held-out choice and the test order
+    test_per_tag: int = 36,  # test entries per tag (GenEval has 80-100)
+    attr_holdout: float = 1 / 3,  # fraction of colour-attribution compositions held out
+) -> dict[str, list[dict]]:
     "Train and test prompt splits; test position/colour-attribution compositions never occur in training."
     rng = np.random.default_rng(seed)
     held = set()
@@ -236,17 +308,27 @@ def make_splits(seed: int = 0,  # seed of the held-out choice and the test order
     return {"train": train, "test": test}
 
 # %% ../../nbs/toy/00_world.ipynb #89de0157
-def write_splits(out,  # output folder
-                 splits: dict[str, list[dict]],  # as returned by `make_splits`
-                 **params):  # the parameters that made them, recorded in summary.json
+def write_splits(
+    out,  # output folder
+    splits: dict[str, list[dict]],  # as returned by `make_splits`
+    **params,
+):  # the parameters that made them, recorded in summary.json
     "Write `train_metadata.jsonl`, `test_metadata.jsonl` and `summary.json` into `out`."
     from maskfocus.geneval import write_metadata
     from maskfocus.core import write_json_atomic
+
     out = Path(out)
-    for k, v in splits.items(): write_metadata(out/f"{k}_metadata.jsonl", v)
-    summary = {"params": params, **{k: {"entries": len(v), "prompts": len({m["prompt"] for m in v}),
-                                        "tags": dict(Counter(m["tag"] for m in v))} for k, v in splits.items()}}
-    write_json_atomic(out/"summary.json", summary)
+    for k, v in splits.items():
+        write_metadata(out / f"{k}_metadata.jsonl", v)
+    summary = {
+        "params": params,
+        **{
+            k: {"entries": len(v), "prompts": len({m["prompt"] for m in v}), "tags": dict(Counter(m["tag"] for m in v))}
+            for k, v in splits.items()
+        },
+    }
+    write_json_atomic(out / "summary.json", summary)
+
 
 def read_prompts(path) -> list[dict]:  # a GenEval-format jsonl in the toy vocabulary
     "Read toy-world metadata; unknown shapes, colours or tags are errors naming line and field."
