@@ -1,11 +1,12 @@
-# make test   - set up .venv if needed, then run every test (what CI runs)
+# make test   - set up .venv if needed, then lint and run every test (what CI runs)
+# make lint   - ruff check (lines <= 120, syntax) and ruff format --check (see README, "Development: the house rules")
 # make repro  - set up .venv if needed, then reproduce the toy pipeline (dvc repro; RL runs two at a time)
 SHELL := /bin/bash
 VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test repro clean-venv
+.PHONY: setup lint test repro clean-venv
 
 setup: $(STAMP)
 
@@ -16,11 +17,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/check_nbdev_clean.sh
 	# two notebooks run at once on two cores: one torch thread each avoids oversubscription
 	OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" nbdev-test --n-workers 2
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest tests/ -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check maskfocus tests scripts benchmarks nbs
+	$(BIN)/ruff format --check nbs tests scripts benchmarks
+	$(BIN)/python scripts/dvc_deps.py --check
 
 # The RL runs are independent and fastest with one torch thread each: scripts/repro_parallel.py runs them two at a
 # time and records them in dvc.lock as `dvc repro` would; plain `dvc repro` gives the same results, one at a time.

@@ -15,9 +15,9 @@ against K in {1, 2, 4, 8}, and the iteration time of `maskfocus` at each K in `-
   resident set size (Linux VmHWM, reset through /proc/self/clear_refs) above its RSS just before `train` (imports
   done): setup + rollout + update of one iteration. A probe (another fresh process per K) shows that the measure
   would see K graphs kept alive: K forward passes of the transformer on the 32-sample batch with one backward each
-  (the trainer's way), then the same with one backward of their sum (growth beyond the first). Not used: tracemalloc (blind to torch's CPU allocations) and
-  ru_maxrss (on Linux it carries the forking parent's peak across exec). Goal: flat in K (each selected step is
-  back-propagated on its own, SPEC §2).
+  (the trainer's way), then the same with one backward of their sum (growth beyond the first). Not used:
+  tracemalloc (blind to torch's CPU allocations) and ru_maxrss (on Linux it carries the forking parent's peak across
+  exec). Goal: flat in K (each selected step is back-propagated on its own, SPEC §2).
 
 One torch thread per process (`torch.set_num_threads(1)`, OMP_NUM_THREADS=1 in the children): the numbers are for
 the shared 2-core CPU machine of this project. Not a test: it only writes numbers (atomically).
@@ -209,7 +209,8 @@ def main(argv=None):
     ks = [m for m in mem if m["preset"] == "maskfocus" and "train_iteration_mib" in m]
     probes = [m for m in mem if "probe_backward_per_step_mib" in m]
     result = {
-        "what": "wall time of one RL iteration, maskfocus (K selected steps) vs mask_grpo (all N steps), same rollout; peak memory vs K",
+        "what": "wall time of one RL iteration, maskfocus (K selected steps) vs mask_grpo (all N steps), same rollout; "
+        "peak memory vs K",
         "settings": {
             **COMMON,
             "K_maskfocus": args.K,
@@ -230,7 +231,8 @@ def main(argv=None):
         # over both presets removes most of the load noise of a shared machine from the ratio
         "ratio_iteration_pooled_rollout": (pooled + mf["iteration"] - mf["rollout"])
         / (pooled + mg["iteration"] - mg["rollout"]),
-        "cost_model": "per sample: rollout 2N forwards (CFG), update K x (forward + backward ~ 3 forwards) + K reference forwards for "
+        "cost_model": "per sample: rollout 2N forwards (CFG), update K x (forward + backward ~ 3 forwards) + K "
+        "reference forwards for "
         "maskfocus, N x 3 for mask_grpo (beta = 0): ratio ~ (2N + 4K) / (5N); N = 32, K = 3 -> 0.475, and never below "
         "2/5 = 0.4 even as K -> 0 (paper scale N = 64, K = 6: 0.475)",
         "ratio_update": mf["update"] / mg["update"],
@@ -240,10 +242,14 @@ def main(argv=None):
         "goal_ratio_iteration": 0.4,
         "goal_met": mf["iteration"] / mg["iteration"] <= 0.4,
         "memory": {
-            "method": "growth of the peak resident set size (VmHWM, reset through /proc/self/clear_refs) above the RSS before "
-            "the call, in a fresh process per point; train_iteration_mib: one train() call of 1 iteration (setup included, "
-            "imports excluded); probe_backward_per_step: K forward passes of the transformer on the 32-sample batch, one "
-            "backward each (what the trainer does), on a fresh heap; probe_retained_graphs_extra: then the same K passes "
+            "method": "growth of the peak resident set size (VmHWM, reset through /proc/self/clear_refs) above the RSS "
+            "before "
+            "the call, in a fresh process per point; train_iteration_mib: one train() call of 1 iteration (setup "
+            "included, "
+            "imports excluded); probe_backward_per_step: K forward passes of the transformer on the 32-sample batch, "
+            "one "
+            "backward each (what the trainer does), on a fresh heap; probe_retained_graphs_extra: then the same K "
+            "passes "
             "with all graphs alive before one backward, growth beyond what the first probe left resident",
             "points": mem,
             "maskfocus_train_iteration_mib_by_K": {m["K"]: round(m["train_iteration_mib"], 1) for m in ks},

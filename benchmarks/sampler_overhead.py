@@ -231,8 +231,10 @@ def main(argv=None):
         f"{res['toy']['forwards_median_s']:.4f}s = {res['toy']['ratio']:.3f} (goal <= 1.10, params {n_params:,})"
     )
     print(
-        f"vs diffusers: ours {res['vs_diffusers']['ours_median_s']:.4f}s / AmusedPipeline {res['vs_diffusers']['diffusers_median_s']:.4f}s"
-        f" = {res['vs_diffusers']['ratio']:.3f} (goal <= 1.0), identical tokens: {res['vs_diffusers']['identical_tokens']}"
+        f"vs diffusers: ours {res['vs_diffusers']['ours_median_s']:.4f}s / AmusedPipeline "
+        f"{res['vs_diffusers']['diffusers_median_s']:.4f}s"
+        f" = {res['vs_diffusers']['ratio']:.3f} (goal <= 1.0), identical tokens: "
+        f"{res['vs_diffusers']['identical_tokens']}"
     )
     print(f"wrote {a.out}")
     return res

@@ -6,10 +6,8 @@ Docs: https://maskfocus.github.io/maskfocus/cli.html.md"""
 
 # %% ../nbs/03_cli.ipynb #59ad5d8b
 from __future__ import annotations
-import argparse, json, sys, tempfile
+import argparse, json, sys
 from pathlib import Path
-
-import numpy as np
 
 from .core import InputError, read_params, write_json_atomic
 
@@ -22,24 +20,19 @@ def cmd_prompts(args):
     "Write the toy train/test prompt splits, or check that the committed ones match their seed."
     from maskfocus.toy import world
 
-    splits = world.make_splits(seed=args.seed, test_per_tag=args.test_per_tag)
-    params = dict(seed=args.seed, test_per_tag=args.test_per_tag)
     out = Path(args.out)
     if not args.check:
-        world.write_splits(out, splits, **params)
+        splits = world.make_splits(seed=args.seed, test_per_tag=args.test_per_tag)
+        world.write_splits(out, splits, seed=args.seed, test_per_tag=args.test_per_tag)
         print(json.dumps({k: len(v) for k, v in splits.items()}))
         return 0
-    with tempfile.TemporaryDirectory() as tmp:
-        world.write_splits(tmp, splits, **params)
-        names = sorted(p.name for p in Path(tmp).iterdir())
-        diff = [n for n in names if not (out / n).is_file() or (out / n).read_bytes() != (Path(tmp) / n).read_bytes()]
-    report = {"params": params, "files": names, "differ": diff, "ok": not diff}
+    report = world.check_splits(out, args.seed, args.test_per_tag)
     if args.report:
         write_json_atomic(args.report, report)
     print(json.dumps(report))
-    if diff:
+    if report["differ"]:
         print(
-            f"error: {out}: {', '.join(diff)} differ from what seed {args.seed} generates; "
+            f"error: {out}: {', '.join(report['differ'])} differ from what seed {args.seed} generates; "
             f"regenerate with `maskfocus prompts --seed {args.seed} --test-per-tag {args.test_per_tag} --out {out}`, "
             "then `dvc commit data.dvc` and commit",
             file=sys.stderr,
@@ -56,11 +49,7 @@ def cmd_render(args):
     metas = world.read_prompts(args.metadata)
     if args.per_prompt < 1:
         raise InputError(f"--per-prompt must be >= 1, got {args.per_prompt}", field="--per-prompt")
-    images = [
-        [world.render(world.sample_scene(m, np.random.default_rng([args.seed, i, n]))) for n in range(args.per_prompt)]
-        for i, m in enumerate(metas)
-    ]
-    geneval.save_samples(args.out, metas, images)
+    geneval.save_samples(args.out, metas, world.ground_truth_images(metas, args.per_prompt, args.seed))
     print(json.dumps({"prompts": len(metas), "images": len(metas) * args.per_prompt, "out": str(args.out)}))
     return 0
 
@@ -117,24 +106,14 @@ def cmd_sample(args):
 
 def cmd_evaluate(args):
     "Sample and judge a model over CFG weights and step counts; write eval.json, eval.md and grids."
-    from maskfocus.toy.evaluate import evaluate_sweep, images_per_prompt
+    from maskfocus.toy.evaluate import evaluate_sweep, images_per_prompt, sweep_options
 
     settings = [(n, w) for n in args.steps for w in args.cfg]  # the grid of --steps x --cfg
     if args.params:  # a params section overrides the options of the same names
-        d = read_params(args.params, args.section)
-        for k, v in d.items():
-            if k not in ("settings", "per_prompt", "per_tag", "seed", "batch"):
-                raise InputError(f"unknown evaluate key {k!r}", file=args.params, field=f"{args.section}.{k}")
-            if k == "settings":
-                if not (isinstance(v, list) and all(isinstance(p, list) and len(p) == 2 for p in v)):
-                    raise InputError(
-                        "settings must be a list of [steps, cfg] pairs",
-                        file=args.params,
-                        field=f"{args.section}.settings",
-                    )
-                settings = [tuple(p) for p in v]
-            else:
-                setattr(args, k, v)
+        opts = sweep_options(read_params(args.params, args.section), args.params, args.section)
+        settings = opts.pop("settings", settings)
+        for k, v in opts.items():
+            setattr(args, k, v)
     metas = _read_metadata(args.metadata)
     images_per_prompt(metas, args.per_prompt, args.per_tag)  # bad counts fail here, before the model loads
     scorer = None
@@ -172,7 +151,7 @@ def cmd_pretrain(args):
 
 def cmd_train_clip(args):
     "Train the toy CLIP (reward model) and write its evaluation."
-    from maskfocus.toy.clip import train_clip_main
+    from maskfocus.toy.clip_train import train_clip_main
 
     m = train_clip_main(
         read_params(args.params, args.section), args.train, args.test, args.out, args.metrics, work_dir=args.run
@@ -181,12 +160,8 @@ def cmd_train_clip(args):
     return 0
 
 # %% ../nbs/03_cli.ipynb #ffaecef0
-def build_parser() -> argparse.ArgumentParser:
-    "The `maskfocus` argument parser with its subcommands."
-    p = argparse.ArgumentParser(
-        prog="maskfocus", description="MaskFocus: RL on the critical steps of masked image models."
-    )
-    sub = p.add_subparsers(dest="command", required=True)
+def _add_prompts(sub):  # the subparsers
+    "The `prompts` subcommand."
     s = sub.add_parser("prompts", help="write or check the toy train/test prompt splits")
     s.add_argument("--seed", type=int, default=0, help="seed of the held-out compositions and test order")
     s.add_argument("--test-per-tag", type=int, default=36, help="test entries per GenEval tag")
@@ -196,17 +171,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--report", help="with --check: write the check result as JSON here")
     s.set_defaults(func=cmd_prompts)
+
+
+def _add_render(sub):  # the subparsers
+    "The `render` subcommand."
     s = sub.add_parser("render", help="render ground-truth images for a metadata file (GenEval layout)")
     s.add_argument("metadata", help="GenEval-format metadata jsonl in the toy vocabulary")
     s.add_argument("--out", required=True, help="output folder (<index>/metadata.jsonl, samples/<n>.png)")
     s.add_argument("--per-prompt", type=int, default=4, help="images per prompt (GenEval: 4)")
     s.add_argument("--seed", type=int, default=0, help="seed; image n of prompt i uses the stream (seed, i, n)")
     s.set_defaults(func=cmd_render)
+
+
+def _add_judge(sub):  # the subparsers
+    "The `judge` subcommand."
     s = sub.add_parser("judge", help="judge a GenEval-layout folder of toy images")
     s.add_argument("folder", help="folder in GenEval's layout")
     s.add_argument("--out", required=True, help="results jsonl (GenEval's fields plus strict_correct and score)")
     s.add_argument("--summary", help="also write the summary JSON here")
     s.set_defaults(func=cmd_judge)
+
+
+def _add_sample(sub):  # the subparsers
+    "The `sample` subcommand."
     s = sub.add_parser("sample", help="sample a model for a metadata file (GenEval layout)")
     s.add_argument("--model", required=True, help="model folder in the released layout (e.g. models/base)")
     s.add_argument("--metadata", required=True, help="GenEval-format metadata jsonl")
@@ -217,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cfg", type=float, default=None, help="guidance weight (default: the model's sampling.json)")
     s.add_argument("--batch", type=int, default=64, help="images per sampler call (part of the seed rule)")
     s.set_defaults(func=cmd_sample)
+
+
+def _add_evaluate(sub):  # the subparsers
+    "The `evaluate` subcommand."
     s = sub.add_parser("evaluate", help="sample + judge sweep over CFG weights and step counts")
     s.add_argument("--model", required=True)
     s.add_argument("--metadata", required=True)
@@ -230,7 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--per-tag",
         type=int,
         default=None,
-        help="at least this many images per GenEval tag, spread evenly over its prompts (instead of --per-prompt; for prompt files with unequal tags)",
+        help=(
+            "at least this many images per GenEval tag, spread evenly over its prompts (instead of --per-prompt; for "
+            "prompt files with unequal tags)"
+        ),
     )
     s.add_argument(
         "--params",
@@ -244,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--details", default=None, help="folder for the per-image results and picture grids (default: --out)"
     )
     s.set_defaults(func=cmd_evaluate)
+
+
+def _add_pretrain(sub):  # the subparsers
+    "The `pretrain` subcommand."
     s = sub.add_parser("pretrain", help="MaskGIT pre-training of the toy base model")
     s.add_argument("--params", default="params.yaml", help="YAML file with the parameters")
     s.add_argument("--section", default="pretrain")
@@ -252,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="where the final model goes (released layout)")
     s.add_argument("--fresh", action="store_true", help="ignore existing checkpoints in --run")
     s.set_defaults(func=cmd_pretrain)
+
+
+def _add_train_clip(sub):  # the subparsers
+    "The `train-clip` subcommand."
     s = sub.add_parser("train-clip", help="train the toy CLIP (CLIP-score reward)")
     s.add_argument("--params", default="params.yaml")
     s.add_argument("--section", default="train_clip")
@@ -261,11 +263,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="model folder")
     s.add_argument("--metrics", required=True, help="evaluation JSON")
     s.set_defaults(func=cmd_train_clip)
+
+
+def _add_train(sub):  # the subparsers
+    "The `train` subcommand (its options are maskfocus.rl.trainer's)."
     sub.add_parser(
         "train",
         help="GRPO post-training with a method preset (`maskfocus train --help`: maskfocus.rl.trainer's options)",
         add_help=False,
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    "The `maskfocus` argument parser with its subcommands."
+    p = argparse.ArgumentParser(
+        prog="maskfocus", description="MaskFocus: RL on the critical steps of masked image models."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_prompts(sub)
+    _add_render(sub)
+    _add_judge(sub)
+    _add_sample(sub)
+    _add_evaluate(sub)
+    _add_pretrain(sub)
+    _add_train_clip(sub)
+    _add_train(sub)
     return p
 
 
@@ -273,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:  # arguments (default: sys.argv[
     "Run the `maskfocus` command line; input errors exit with status 2 and one clear line."
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:  # the trainer parses its own options (and handles its own errors)
-        from maskfocus.rl.trainer import train_main
+        from maskfocus.rl.command import train_main
 
         return train_main(argv[1:])
     args = build_parser().parse_args(argv)

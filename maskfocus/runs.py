@@ -1,4 +1,4 @@
-"""Full training state — weights, optimizer, LR schedule, every RNG, step and data position — in safetensors + JSON, written atomically, resumed exactly.
+"""The run folder of every training loop: checkpoints of the full state, resume or refuse, metrics, LR schedule.
 
 Docs: https://maskfocus.github.io/maskfocus/runs.html.md"""
 
@@ -6,19 +6,19 @@ Docs: https://maskfocus.github.io/maskfocus/runs.html.md"""
 
 # %% ../nbs/02_runs.ipynb #4d8a3482
 from __future__ import annotations
-import json, random, re, shutil
+import csv, io, json, math, random, re, shutil
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .core import InputError, atomic_dir
+from .core import InputError, atomic_dir, write_text_atomic
 
 # %% auto #0
 __all__ = ['optimizer_to_tensors', 'optimizer_from_tensors', 'rng_state', 'set_rng_state', 'save_checkpoint', 'list_checkpoints',
-           'load_checkpoint']
+           'load_checkpoint', 'clean_stale', 'resume_from', 'truncate_dvclive', 'lr_lambda']
 
 # %% ../nbs/02_runs.ipynb #67f86b62
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:  # any torch optimizer
@@ -181,3 +181,113 @@ def load_checkpoint(
         scheduler.load_state_dict({**scheduler.state_dict(), **state["scheduler"]})
     set_rng_state(ot, state["rng"], generators)
     return state
+
+# %% ../nbs/02_runs.ipynb #09b81bd1
+def clean_stale(run_dir: Path):  # the run folder (holds checkpoints/)
+    "Remove temporary folders left by a checkpoint write that was killed."
+    d = Path(run_dir) / "checkpoints"
+    if d.is_dir():
+        for p in d.iterdir():
+            if p.name.startswith(".step_") and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+
+# %% ../nbs/02_runs.ipynb #bdfca68b
+def resume_from(
+    run_dir: Path,  # the run folder (holds checkpoints/)
+    fingerprint: dict,  # the configuration the run would save as extra.config
+    resume: bool | str = True,  # True: continue or refuse another config; "auto": or start over; False: start over
+    main: bool = True,  # whether this is the main process (the only one that deletes)
+    barrier: Callable[[], None] | None = None,  # called after deletions so that all processes see the same folder
+    name: str = "train",  # prefix of the printed message
+) -> Path | None:  # the checkpoint folder to load, or None for a fresh start
+    "Which checkpoint a run continues from: clean stale folders, then resume, start over or refuse by fingerprint."
+    run_dir, wait = Path(run_dir), barrier or (lambda: None)
+    if resume not in (True, False, "auto"):
+        raise InputError(f"resume must be True, False or 'auto', got {resume!r}", field="resume")
+    if main:
+        if not resume and (run_dir / "checkpoints").is_dir():
+            shutil.rmtree(run_dir / "checkpoints")  # a fresh start must not resume old ones later
+        clean_stale(run_dir)
+    wait()
+    if resume == "auto" and list_checkpoints(run_dir):
+        if _saved_config(list_checkpoints(run_dir)[-1]) != fingerprint:
+            if main:
+                print(f"{name}: the checkpoints in {run_dir} are of another configuration: starting over", flush=True)
+                shutil.rmtree(run_dir / "checkpoints")
+            wait()
+    if not (resume and list_checkpoints(run_dir)):
+        return None
+    ck = list_checkpoints(run_dir)[-1]
+    saved = _saved_config(ck)
+    if saved != fingerprint:
+        diff = sorted(k for k in set(saved or {}) | set(fingerprint) if (saved or {}).get(k) != fingerprint.get(k))
+        raise InputError(
+            f"the checkpoint was made with another configuration (differs in: {', '.join(diff)}); "
+            "use another --out or --fresh",
+            file=ck / "state.json",
+            field=diff[0] if diff else None,
+        )
+    return ck
+
+
+def _saved_config(ck: Path):  # a checkpoint folder
+    return json.loads((ck / "state.json").read_text()).get("extra", {}).get("config")
+
+# %% ../nbs/02_runs.ipynb #3f59194d
+def truncate_dvclive(
+    live_dir: Path,  # the dvclive folder
+    step: int,
+):  # keep rows with step <= this
+    "Drop metric rows logged after `step` (they belong to iterations that will be re-run)."
+    plots = Path(live_dir) / "plots" / "metrics"
+    if not plots.is_dir():
+        return
+    for f in plots.rglob("*.tsv"):
+        rows = list(csv.reader(io.StringIO(f.read_text()), delimiter="\t"))
+        if not rows or "step" not in rows[0]:
+            continue
+        i = rows[0].index("step")
+        keep = [rows[0]] + [r for r in rows[1:] if len(r) > i and int(r[i]) <= step]
+        if len(keep) != len(rows):
+            buf = io.StringIO()
+            csv.writer(buf, delimiter="\t", lineterminator="\n").writerows(keep)
+            write_text_atomic(f, buf.getvalue())
+
+# %% ../nbs/02_runs.ipynb #cece842d
+def lr_lambda(
+    total: int,  # optimizer steps of the whole run
+    warmup: int = 0,  # linear warm-up steps
+    schedule: str = "linear",  # "linear" (decay to 0), "cosine" or "constant" after the warm-up
+    peak: float = 1.0,  # value at the end of the warm-up (1: a factor for LambdaLR; the peak LR: the LR itself)
+    floor: float = 0.0,  # the decay ends at peak * floor
+    decay_from_start: bool = False,  # the decay spans all `total` steps and the warm-up scales its start
+) -> Callable[[int], float]:
+    "LR factor per optimizer step: linear warm-up, then linear decay to 0 / cosine / constant over `total` steps."
+    if decay_from_start:
+        return _lr_overlapped(total, warmup, schedule, peak, floor)
+
+    def f(s: int) -> float:
+        if s < warmup:
+            return peak * (s + 1) / warmup
+        if schedule == "constant":
+            return peak
+        t = min(max(s - warmup, 0), total) / max(1, total - warmup)
+        return peak * (floor + (1 - floor) * _decay(schedule, math.pi * t, t))
+
+    return f
+
+
+def _decay(schedule: str, angle: float, t: float) -> float:  # fraction of the decay done: t (angle = pi * t)
+    return (1.0 - t) if schedule == "linear" else 0.5 * (1 + math.cos(angle))
+
+
+def _lr_overlapped(total, warmup, schedule, peak, floor):  # the warm-up multiplies a decay that starts at step 0
+    def f(s: int) -> float:
+        w = min(1.0, (s + 1) / max(1, warmup))
+        if schedule == "constant":
+            return peak * w
+        return (
+            peak * w * (floor + (1 - floor) * _decay(schedule, math.pi * min(s, total) / total, min(s, total) / total))
+        )
+
+    return f

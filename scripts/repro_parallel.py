@@ -25,7 +25,8 @@ LOGS = ROOT / "work" / "logs"
 
 
 def dvc(*args: str, tries: int = 30) -> str:
-    "Run the project's dvc; return stdout. Waits while another dvc holds the repo lock; raises with its stderr on failure."
+    """Run the project's dvc; return stdout. Waits while another dvc holds the repo lock; raises with its stderr on
+    failure."""
     for _ in range(tries):
         r = subprocess.run(
             [str(BIN / "dvc"), *args], cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL

@@ -1,4 +1,4 @@
-"""Test harness: run `maskfocus.rl.trainer.train_main` in this process (also under `accelerate launch`), with two
+"""Test harness: run `maskfocus.rl.command.train_main` in this process (also under `accelerate launch`), with two
 test-only hooks set by environment variables:
 
 - MASKFOCUS_TEST_REWARD=redness: reward the share of red-ish pixels instead of the config's reward (a random toy
@@ -26,10 +26,10 @@ class Redness:
 def install_hooks():
     "Apply the hooks requested by the environment."
     import maskfocus.runs as ck
-    import maskfocus.rl.trainer as tr
+    import maskfocus.rl.state as st  # setup builds the reward there
 
     if os.environ.get("MASKFOCUS_TEST_REWARD") == "redness":
-        tr.make_reward = lambda spec, **kw: Redness()
+        st.make_reward = lambda spec, **kw: Redness()
     kill = os.environ.get("MASKFOCUS_TEST_KILL_AT")
     if kill:
         real = ck.save_file
@@ -44,6 +44,6 @@ def install_hooks():
 
 if __name__ == "__main__":
     install_hooks()
-    from maskfocus.rl.trainer import train_main
+    from maskfocus.rl.command import train_main
 
     sys.exit(train_main())

@@ -12,7 +12,7 @@ from diffusers import UVit2DModel, VQModel
 from maskfocus.models.amused import AmusedAdapter, tiny_uvit_config
 from maskfocus.core import InputError, shared_path
 from maskfocus.models.tokenizer import Tokenizer, VQTokenizer, meissonic_vqvae_config, tiny_vqvae_config
-from maskfocus.models.transformer import MaskedImageModel
+from maskfocus.models.interface import MaskedImageModel
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 

@@ -1,4 +1,5 @@
-"The installed `maskfocus` command: render -> judge round trip, summary on the last line, clear errors, nothing half-written."
+"""The installed `maskfocus` command: render -> judge round trip, summary on the last line, clear errors, nothing
+half-written."""
 
 import json
 from collections import Counter

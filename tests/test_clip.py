@@ -1,6 +1,7 @@
-"""Tests of `maskfocus.toy.clip` that do not fit the notebook: save/load round trip, bit-exact resume, checkpoint writes
-that crash or are SIGKILLed half-way, and the scorer's input checks. The tiny config keeps every training run to a
-few steps of a few-thousand-parameter ViT (plus the 49408-row token embedding)."""
+"""Tests of the toy CLIP (`maskfocus.toy.clip`, `clip_train`, `clip_eval`) that do not fit the notebooks: save/load
+round trip, bit-exact resume, checkpoint writes that crash or are SIGKILLed half-way, and the scorer's input checks.
+The tiny config keeps every training run to a few steps of a few-thousand-parameter ViT (plus the 49408-row token
+embedding)."""
 
 import json, os, subprocess, sys, textwrap
 from pathlib import Path
@@ -12,19 +13,12 @@ from safetensors.torch import load_file
 
 from maskfocus.toy import world
 from maskfocus.core import InputError
-from maskfocus.toy.clip import (
-    CKPT_DIR,
-    ClipConfig,
-    ClipScorer,
-    build_clip,
-    evaluate_clip,
-    list_checkpoints,
-    load_checkpoint,
-    load_clip,
-    make_optimizer,
-    save_clip,
-    train_clip,
-)
+from maskfocus.runs import list_checkpoints, load_checkpoint
+from maskfocus.toy.clip import ClipConfig, ClipScorer, build_clip, load_clip, save_clip
+from maskfocus.toy.clip_eval import evaluate_clip
+from maskfocus.toy.clip_train import make_optimizer, train_clip
+
+CKPT_DIR = "checkpoints"
 
 TRAIN = world.make_splits(0)["train"]
 EVAL = TRAIN[::20]  # a few prompts for the end-of-run evaluation
@@ -38,12 +32,13 @@ def error_of(fn):
 
 
 def checkpoint_tensors(path):
-    "Everything a checkpoint holds, as comparable objects."
+    "Everything of a checkpoint that depends on the run (not the process's global RNGs), as comparable objects."
     state = json.loads((path / "state.json").read_text())
+    opt = load_file(str(path / "optimizer.safetensors"))
     return (
-        load_file(str(path / "model.safetensors")),
-        load_file(str(path / "optimizer.safetensors")),
-        state["rng"],
+        load_file(str(path / "weights.safetensors")),
+        {k: v for k, v in opt.items() if k.startswith("state.")},
+        state["rng"]["named_numpy"],
         state["step"],
     )
 
@@ -115,10 +110,10 @@ def test_resume_is_bit_exact(tmp_path, reference):
     ref_dir, ref_model = reference
     out = tmp_path / "run"
     train_clip(CFG, TRAIN, out, eval_prompts=EVAL, stop_after=3, progress=False)
-    assert [p.name for p in list_checkpoints(out)] == ["step-0000003"]
+    assert [p.name for p in list_checkpoints(out)] == ["step_0000003"]
     resumed = train_clip(CFG, TRAIN, out, eval_prompts=EVAL, progress=False)
     assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in ref_model.state_dict().items())
-    assert_same_checkpoint(ref_dir / CKPT_DIR / "step-0000006", out / CKPT_DIR / "step-0000006")
+    assert_same_checkpoint(ref_dir / CKPT_DIR / "step_0000006", out / CKPT_DIR / "step_0000006")
     # the metric rows are those of an uninterrupted run, each step once
     steps = [
         int(l.split("\t")[0])
@@ -132,7 +127,7 @@ def test_resume_refuses_another_config(tmp_path):
     msg = error_of(
         lambda: train_clip(ClipConfig.tiny(**{**CFG.__dict__, "batch_size": 4}), TRAIN, tmp_path, progress=False)
     )
-    assert "field 'config.batch_size'" in msg and "state.json" in msg
+    assert "field 'batch_size'" in msg and "state.json" in msg
     # fields that do not change the trajectory may differ
     train_clip(
         ClipConfig.tiny(**{**CFG.__dict__, "log_every": 2, "steps": 6}),
@@ -144,28 +139,25 @@ def test_resume_refuses_another_config(tmp_path):
 
 
 def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch, reference):
-    import safetensors.torch as st
+    import maskfocus.runs as runs
 
-    real = st.save_file
+    real = runs.save_file
 
-    def flaky(
-        tensors, filename, metadata=None
-    ):  # the second checkpoint: the weights are written, the optimizer file fails
-        if Path(filename).parent.name.startswith(".step-0000006") and Path(filename).name == "optimizer.safetensors":
+    def flaky(tensors, filename):  # the second checkpoint: the weights are written, the optimizer file fails
+        if Path(filename).parent.name.startswith(".step_0000006") and Path(filename).name == "optimizer.safetensors":
             Path(filename).write_bytes(b"half a file")
             raise OSError("disk full")
-        return real(tensors, filename, metadata=metadata)
+        return real(tensors, filename)
 
-    monkeypatch.setattr(st, "save_file", flaky)
+    monkeypatch.setattr(runs, "save_file", flaky)
     with pytest.raises(OSError, match="disk full"):
         train_clip(CFG, TRAIN, tmp_path, eval_prompts=EVAL, progress=False)
-    monkeypatch.setattr(st, "save_file", real)
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-0000003"]
-    assert sorted(p.name for p in (tmp_path / CKPT_DIR).iterdir()) == ["step-0000003"], "no half-written folder is left"
-    step, rng, _ = load_checkpoint(
-        list_checkpoints(tmp_path)[-1], build_clip(CFG), make_optimizer(build_clip(CFG), CFG)
-    )
-    assert step == 3
+    monkeypatch.setattr(runs, "save_file", real)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000003"]
+    assert sorted(p.name for p in (tmp_path / CKPT_DIR).iterdir()) == ["step_0000003"], "no half-written folder is left"
+    model = build_clip(CFG)
+    state = load_checkpoint(list_checkpoints(tmp_path)[-1], {"clip": model}, make_optimizer(model, CFG))
+    assert state["step"] == 3
     resumed = train_clip(CFG, TRAIN, tmp_path, eval_prompts=EVAL, progress=False)
     assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in reference[1].state_dict().items())
 
@@ -175,17 +167,18 @@ KILLER = textwrap.dedent("""
     from pathlib import Path
     import torch
     torch.set_num_threads(1)
-    import safetensors.torch as st
+    import maskfocus.runs as runs
     from maskfocus.toy import world
-    from maskfocus.toy.clip import ClipConfig, train_clip
+    from maskfocus.toy.clip import ClipConfig
+    from maskfocus.toy.clip_train import train_clip
     cfg = ClipConfig.tiny(**{CFG})
-    real = st.save_file
-    def dying(tensors, filename, metadata=None):
-        if Path(filename).parent.name.startswith(".step-0000006") and Path(filename).name == "optimizer.safetensors":
+    real = runs.save_file
+    def dying(tensors, filename):
+        if Path(filename).parent.name.startswith(".step_0000006") and Path(filename).name == "optimizer.safetensors":
             Path(filename).write_bytes(b"half")
             os.kill(os.getpid(), signal.SIGKILL)
-        return real(tensors, filename, metadata=metadata)
-    st.save_file = dying
+        return real(tensors, filename)
+    runs.save_file = dying
     train = world.make_splits(0)["train"]
     train_clip(cfg, train, sys.argv[1], eval_prompts=train[::20], progress=False)
 """)
@@ -200,13 +193,13 @@ def test_sigkill_during_checkpoint_write(tmp_path, reference):
     )
     assert proc.returncode == -9, proc.stderr[-2000:]
     leftovers = [p.name for p in (out / CKPT_DIR).iterdir() if p.name.startswith(".")]
-    assert len(leftovers) == 1 and leftovers[0].startswith(".step-0000006"), (
+    assert len(leftovers) == 1 and leftovers[0].startswith(".step_0000006"), (
         "the killed write left its temporary folder"
     )
-    assert [p.name for p in list_checkpoints(out)] == ["step-0000003"]
+    assert [p.name for p in list_checkpoints(out)] == ["step_0000003"]
     resumed = train_clip(CFG, TRAIN, out, eval_prompts=EVAL, progress=False)
     assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in reference[1].state_dict().items())
-    assert_same_checkpoint(reference[0] / CKPT_DIR / "step-0000006", out / CKPT_DIR / "step-0000006")
+    assert_same_checkpoint(reference[0] / CKPT_DIR / "step_0000006", out / CKPT_DIR / "step_0000006")
     assert not [p for p in (out / CKPT_DIR).iterdir() if p.name.startswith(".")], (
         "resume cleans the stale temporary folder"
     )

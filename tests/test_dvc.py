@@ -41,7 +41,7 @@ def _variant_config(args: str):
     "The RLConfig a params.yaml `rl_variants` entry's `args` describe (preset + --set overrides)."
     import shlex
     from maskfocus.rl.config import make_config
-    from maskfocus.rl.trainer import parse_sets
+    from maskfocus.rl.command import parse_sets
 
     words, preset, sets = shlex.split(args), "maskfocus", []
     for flag, value in zip(words[::2], words[1::2]):
@@ -54,9 +54,9 @@ def _variant_config(args: str):
 
 
 def test_tiny_variants_mirror_the_pipeline():
-    "maskfocus.report.experiments.TINY_VARIANTS (the notebooks' tiny defaults) describe the same runs as params.yaml."
+    "maskfocus.report.tiny.TINY_VARIANTS (the notebooks' tiny defaults) describe the same runs as params.yaml."
     from maskfocus.rl.config import make_config
-    from maskfocus.report.experiments import TINY_VARIANTS
+    from maskfocus.report.tiny import TINY_VARIANTS
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     pipeline = {
@@ -78,7 +78,8 @@ def test_tiny_variants_mirror_the_pipeline():
 
 
 def test_sweep_seeds_repeat_their_entry():
-    "Each rl_sweep entry names its seed once; `<entry>-s<n>` repeats `<entry>` (a seed-0 entry) at seed n and changes nothing else."
+    """Each rl_sweep entry names its seed once; `<entry>-s<n>` repeats `<entry>` (a seed-0 entry) at seed n and changes
+    nothing else."""
     import re, shlex
 
     sweep = yaml.safe_load((ROOT / "params.yaml").read_text())["rl_sweep"]
@@ -105,7 +106,8 @@ def test_sweep_seeds_repeat_their_entry():
 
 
 def test_sweep_report_reads_its_entries_and_scores_like_the_base():
-    "rl_sweep_report takes its entries from params.yaml (and depends on them), and the sweep and its base share one evaluation protocol."
+    """rl_sweep_report takes its entries from params.yaml (and depends on them), and the sweep and its base share one
+    evaluation protocol."""
     import re
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

@@ -1,5 +1,5 @@
-"""Notebook hygiene: papermill `parameters` cells survive nbdev-clean; experiment notebooks have exactly one, and papermill reads every
-parameter in it."""
+"""Notebook hygiene: papermill `parameters` cells survive nbdev-clean; experiment notebooks have exactly one, and
+papermill reads every parameter in it."""
 
 import json, re, shutil, subprocess, sys
 from pathlib import Path
@@ -31,8 +31,9 @@ def assignments(nb_path) -> list[str]:
 
 @pytest.mark.parametrize("nb", EXPERIMENTS, ids=[p.name for p in EXPERIMENTS])
 def test_papermill_reads_every_parameter(nb):
-    """papermill parses each line of the parameters cell; a line it cannot parse (an `=` inside the line's value or comment) makes it
-    warn `Passed unknown parameter` when the pipeline passes that name (the value is still set, but the warning hides real typos)."""
+    """papermill parses each line of the parameters cell; a line it cannot parse (an `=` inside the line's value or
+    comment) makes it warn `Passed unknown parameter` when the pipeline passes that name (the value is still set, but
+    the warning hides real typos)."""
     seen = set(papermill.inspect_notebook(str(nb)))
     assert seen == set(assignments(nb)), (
         f"{nb.relative_to(ROOT)}: papermill cannot parse {sorted(set(assignments(nb)) - seen)}"

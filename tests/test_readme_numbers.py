@@ -70,7 +70,8 @@ def test_compute_paragraph_matches_the_compute_table():
 
 
 def test_iteration_time_sums_match_the_runs():
-    "The README's '<a>–<b> s are the 60 iterations themselves' is the range of the maskfocus runs' summed time/iteration."
+    """The README's '<a>–<b> s are the 60 iterations themselves' is the range of the maskfocus runs' summed
+    time/iteration."""
     sums = []
     for f in sorted((ROOT / "results" / "rl").glob("maskfocus-s*/dvclive/plots/metrics/time/iteration.tsv")):
         rows = list(csv.DictReader(f.open(), delimiter="\t"))
@@ -87,7 +88,8 @@ def signed(x: float) -> str:
 
 
 def test_sweep_tables_match_the_sweep_report():
-    "Every entry of the sweep report has its README row with the report's overall score and gain; every 3-seed row its seeds and mean ± std."
+    """Every entry of the sweep report has its README row with the report's overall score and gain; every 3-seed row its
+    seeds and mean ± std."""
     f = ROOT / "results" / "rl_sweep_report"
     if not (f / "sweep.json").is_file():
         pytest.skip("no sweep report")
@@ -101,7 +103,10 @@ def test_sweep_tables_match_the_sweep_report():
             f"README's sweep table: no row {k} with {r['overall']:.3f} / {signed(r['delta'])}"
         )
     for k, r in json.loads((f / "sweep_seeds.json").read_text())["rows"].items():
-        cells = f"| {r['seed 0']:.3f} | {r['seed 1']:.3f} | {r['seed 2']:.3f} | {r['overall']['mean']:.3f} ± {r['overall']['std']:.3f} |"
+        cells = (
+            f"| {r['seed 0']:.3f} | {r['seed 1']:.3f} | {r['seed 2']:.3f} | {r['overall']['mean']:.3f} ± "
+            f"{r['overall']['std']:.3f} |"
+        )
         assert re.search(rf"^\| {re.escape(k)} \([^\n]*\) {re.escape(cells)}$", README, re.M), (
             f"README's 3-seed table: row {k} should end {cells}"
         )
@@ -123,7 +128,8 @@ def cell(v: dict) -> str:
 
 
 def test_table1_and_table3_rows_match_the_reports():
-    "README's Table 1 rows (every tag and overall) and Table 3 rows (overall, position, color_attr) are the reports' numbers."
+    """README's Table 1 rows (every tag and overall) and Table 3 rows (overall, position, color_attr) are the reports'
+    numbers."""
     t1, t3 = (
         ROOT / "results" / d / f for d, f in (("table1_geneval", "table1.json"), ("table3_ablation", "table3.json"))
     )
@@ -161,7 +167,8 @@ def test_maskfocus_seeds_match_their_evaluations():
 
 
 def test_clip_binding_counts_match_the_runs():
-    "The README's count of updates whose pre-clip gradient norm exceeds params.yaml's rl.grad_clip is the runs' `update/grad_norm`."
+    """The README's count of updates whose pre-clip gradient norm exceeds params.yaml's rl.grad_clip is the runs'
+    `update/grad_norm`."""
     clip = float(re.search(r"^  grad_clip: ([0-9.]+)", (ROOT / "params.yaml").read_text(), re.M)[1])
     counts = []
     for f in sorted((ROOT / "results" / "rl").glob("maskfocus-s*/dvclive/plots/metrics/update/grad_norm.tsv")):
@@ -174,7 +181,8 @@ def test_clip_binding_counts_match_the_runs():
 
 
 def test_table2_and_fig5_paragraphs_match_the_reports():
-    "The Table 2 paragraph's CLIP score / judge accuracy pairs and the Fig. 5 paragraph's panel accuracies are the reports' numbers."
+    """The Table 2 paragraph's CLIP score / judge accuracy pairs and the Fig. 5 paragraph's panel accuracies are the
+    reports' numbers."""
     t2, f5 = ROOT / "results" / "table2_clip_reward" / "table2.json", ROOT / "results" / "fig5_variants" / "fig5.json"
     if not (t2.is_file() and f5.is_file()):
         pytest.skip("no Table 2 / Fig. 5 reports")
@@ -193,7 +201,8 @@ def test_table2_and_fig5_paragraphs_match_the_reports():
         f"{a('fig5-early_window')}, uniform {a('fig5-uniform')}",
         f"DR {acc['maskfocus']['mean']:.3f} vs plain {cell(acc['maskfocus_no_dr'])}",
         f"rollout CFG — 1: {a('fig5-cfg1')}, 3: {acc['maskfocus']['mean']:.3f}, 5: {a('fig5-cfg5')}",
-        f"random re-masking (maskfocus) {acc['maskfocus']['mean']:.3f} vs the trajectory's own mask {a('fig5-trajectory_mask')}",
+        f"random re-masking (maskfocus) {acc['maskfocus']['mean']:.3f} vs the trajectory's own mask "
+        f"{a('fig5-trajectory_mask')}",
     ):
         assert phrase in text, f"README's Fig. 5 paragraph lacks {phrase!r}"
 
@@ -207,7 +216,8 @@ def test_fig6_paragraph_matches_its_report():
     seeds = maskfocus_test_accuracies()
     rank = "strongest" if seeds[0] == max(seeds) else "weakest" if seeds[0] == min(seeds) else "middle"
     phrase = (
-        f"base {r['accuracy']['base']:.3f} vs `maskfocus` seed 0 (the {rank} seed on the test split) {r['accuracy']['rl']:.3f} "
+        f"base {r['accuracy']['base']:.3f} vs `maskfocus` seed 0 (the {rank} seed on the test split) "
+        f"{r['accuracy']['rl']:.3f} "
         f"({r['fixed_by_rl']} pairs fixed by RL, {r['broken_by_rl']} broken)"
     )
     assert phrase in flat(README), f"README's Fig. 6 paragraph lacks {phrase!r}"

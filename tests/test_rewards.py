@@ -1,4 +1,5 @@
-"""Tests of `maskfocus.rl.rewards`: judge reward kinds, the weighted sum's info, the JSON reward server and its client."""
+"""Tests of `maskfocus.rl.rewards` (the weighted sum's info, `make_reward`), `maskfocus.toy.rewards` (judge reward
+kinds) and `maskfocus.rl.reward_server` (the JSON reward server and its client)."""
 
 import base64
 import inspect
@@ -10,21 +11,13 @@ import urllib.request
 import numpy as np
 import pytest
 
-from maskfocus.rl import rewards
+from maskfocus.rl import reward_server, rewards
 from maskfocus.toy import world
 from maskfocus.core import InputError
 from maskfocus.geneval import TAGS
-from maskfocus.rl.rewards import (
-    JudgeReward,
-    RemoteReward,
-    RewardServerError,
-    WeightedReward,
-    encode_images,
-    jsonable,
-    make_reward,
-    reward_metrics,
-    serve_reward,
-)
+from maskfocus.rl.reward_server import RemoteReward, RewardServerError, encode_images, jsonable, serve_reward
+from maskfocus.rl.rewards import WeightedReward, make_reward, reward_metrics
+from maskfocus.toy.rewards import JudgeReward
 
 O = world.Obj
 # (metadata, ground truth, counterfactual with one thing wrong); partial scores of the counterfactuals by hand
@@ -328,5 +321,27 @@ def test_protocol_violation_names_url(batch):
 
 
 def test_no_pickle_in_protocol():
-    src = inspect.getsource(rewards)
+    src = inspect.getsource(rewards) + inspect.getsource(reward_server)
     assert "import pickle" not in src and "pickle.load" not in src and "torch.load" not in src
+
+
+def test_registry_builds_the_toy_rewards():
+    "make_reward reaches the toy rewards only through REWARDS' plugin strings, and builds the same objects."
+    from maskfocus.rl.rewards import REWARD_NAMES, REWARDS
+    from maskfocus.toy.rewards import ClipReward
+
+    assert REWARD_NAMES == ("judge", "judge_binary", "judge_partial", "judge_strict", "clip")
+    assert all(v.startswith("maskfocus.toy.rewards:") for v in REWARDS.values())
+    assert "import maskfocus.toy" not in inspect.getsource(rewards) and "from maskfocus.toy" not in inspect.getsource(
+        rewards
+    )
+    r = make_reward({"judge_strict": 1.0, "judge": 0.5})
+    assert [(k, type(x).__name__, x.kind) for k, (x, _) in r.items()] == [
+        ("judge_strict", "JudgeReward", "strict"),
+        ("judge", "JudgeReward", "binary"),
+    ]
+    assert isinstance(r.monitor, JudgeReward) and r.monitor.kind == "binary"
+    assert make_reward({"judge": 1.0}, monitor=None).monitor is None
+    scorer = object()  # a ready ClipScorer stand-in: nothing is loaded before the first call
+    c = make_reward({"clip": 1.0}, clip_model=scorer, clip_scale=100).rewards["clip"]
+    assert isinstance(c, ClipReward) and c.scale == 100.0 and c._scorer is scorer

@@ -19,6 +19,7 @@ from maskfocus.rl.config import make_config
 from maskfocus.models.pipeline import MaskedPipeline
 from maskfocus.toy.pipeline import toy_pipeline
 import maskfocus.rl.trainer as trainer
+import maskfocus.rl.command as command
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -260,12 +261,13 @@ def test_cli_errors_name_the_source(base, tmp_path):
         text=True,
     )
     assert r.returncode == 2 and f"error: {p}, field 'learning_rate'" in r.stderr
-    assert trainer.train_main(["--base", str(base), "--out", str(tmp_path / "o"), "--set", "dr.temp=1"]) == 2
+    assert command.train_main(["--base", str(base), "--out", str(tmp_path / "o"), "--set", "dr.temp=1"]) == 2
     assert not (tmp_path / "o").exists()
 
 
 def test_pipeline_stage_flags(base, tmp_path):
-    "What a DVC stage runs: --report keeps metrics apart; --restart-on-change resumes an interrupted run and restarts a changed one."
+    """What a DVC stage runs: --report keeps metrics apart; --restart-on-change resumes an interrupted run and
+    restarts a changed one."""
     p = params_yaml(tmp_path, iterations=2, checkpoint_every=1)
 
     def launch(*extra, section="t"):
@@ -316,8 +318,9 @@ def test_pipeline_stage_flags(base, tmp_path):
 
 
 def test_reward_from_a_server(base, metas, tmp_path):
-    "Paper-scale rewards run as services: `reward_servers` names a URL that `reward` then weights; reward_monitor none skips the toy judge."
-    from maskfocus.rl.rewards import RewardServerError, serve_reward
+    """Paper-scale rewards run as services: `reward_servers` names a URL that `reward` then weights; reward_monitor none
+    skips the toy judge."""
+    from maskfocus.rl.reward_server import RewardServerError, serve_reward
 
     server, url = serve_reward(Redness())
     try:

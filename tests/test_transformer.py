@@ -1,6 +1,6 @@
-"""Tests of `maskfocus.models.transformer` that do not fit the notebook: loader round trip from the installed package,
-error messages, gradient checkpointing, per-sample timesteps. The golden forward pass and the key manifests
-are checked in nbs/models/00_transformer.ipynb."""
+"""Tests of `maskfocus.models.transformer` and `maskfocus.models.meissonic_io` that do not fit the notebooks: loader
+round trip from the installed package, error messages, gradient checkpointing, per-sample timesteps. The golden forward
+pass and the key manifests are checked in nbs/models/03_meissonic_io.ipynb."""
 
 import json
 from dataclasses import asdict, replace
@@ -11,13 +11,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from maskfocus.core import InputError
-from maskfocus.models.transformer import (
-    MaskedImageModel,
-    MeissonicConfig,
-    MeissonicTransformer,
-    load_meissonic,
-    save_meissonic,
-)
+from maskfocus.models.interface import MaskedImageModel
+from maskfocus.models.meissonic_config import MeissonicConfig
+from maskfocus.models.meissonic_io import load_meissonic, save_meissonic
+from maskfocus.models.transformer import MeissonicTransformer
 
 TINY = MeissonicConfig.tiny()
 

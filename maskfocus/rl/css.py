@@ -1,4 +1,4 @@
-"""Which sampling steps the policy update trains on: MaskFocus's Critical Step Selection (the steps whose prediction moves most towards the final image) and the ablations (random, random early, early window, uniform, all).
+"""Which sampling steps the update trains on: MaskFocus's Critical Step Selection and the ablations of step choice.
 
 Docs: https://maskfocus.github.io/maskfocus/rl/css.html.md"""
 
@@ -38,7 +38,7 @@ def step_similarity(
     traj: Trajectory,  # a recorded rollout
     tokenizer,  # anything with embed(ids [B,h,w] int64) -> [B,C,h,w] (PatchTokenizer, VQTokenizer)
 ) -> torch.Tensor:  # S [N, B] float32, S[N-1] = 1
-    "S[s, b] = cos(E_s, E_final) of sample b, E = codebook embedding of x0_hat(s), flattened over C·h·w; one step at a time."
+    "S[s, b] = cos(E_s, E_final) of sample b; E = codebook embedding of x0_hat(s), flattened over C·h·w, step by step."
     N, B = traj.num_steps, traj.batch_size
     H, W = traj.grid
     ef = tokenizer.embed(traj.tokens.reshape(B, H, W)).reshape(B, -1).float()

@@ -1,4 +1,4 @@
-"""The reward functions of RL training behind one protocol: the toy judge in GenEval's three flavours, the CLIP score, a weighted sum with per-reward and per-tag logging, and a loopback JSON reward server for rewards that live in another environment.
+"""The reward protocol, a weighted sum of named rewards logged per reward and per tag, and `make_reward`.
 
 Docs: https://maskfocus.github.io/maskfocus/rl/rewards.html.md"""
 
@@ -6,20 +6,16 @@ Docs: https://maskfocus.github.io/maskfocus/rl/rewards.html.md"""
 
 # %% ../../nbs/rl/02_rewards.ipynb #9dc180f4
 from __future__ import annotations
-import base64, binascii, io, ipaddress, json, math, os, socket, threading, time, urllib.error, urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Literal, Protocol, Sequence, runtime_checkable
+import math, time
+from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from ..core import InputError
+from ..core import InputError, resolve
 from ..geneval import TAGS
 
 # %% auto #0
-__all__ = ['JUDGE_FIELDS', 'REWARD_NAMES', 'Reward', 'check_batch', 'per_tag_mean', 'JudgeReward', 'ClipReward', 'WeightedReward',
-           'make_reward', 'reward_metrics', 'RewardServerError', 'encode_images', 'decode_images', 'encode_request',
-           'decode_request', 'jsonable', 'is_loopback', 'RewardServer', 'serve_reward', 'RemoteReward']
+__all__ = ['REWARDS', 'REWARD_NAMES', 'Reward', 'check_batch', 'per_tag_mean', 'WeightedReward', 'make_reward', 'reward_metrics']
 
 # %% ../../nbs/rl/02_rewards.ipynb #6c643540
 @runtime_checkable
@@ -78,122 +74,6 @@ def per_tag_mean(
 
 def _has_tags(metadata) -> bool:
     return bool(metadata) and all(isinstance(m, dict) and isinstance(m.get("tag"), str) for m in metadata)
-
-# %% ../../nbs/rl/02_rewards.ipynb #f79d1b3e
-JUDGE_FIELDS = {
-    "binary": "correct",
-    "partial": "score",
-    "strict": "strict_correct",
-}  # JudgeReward kind -> judge result field
-
-
-class JudgeReward:
-    "The toy judge as a reward: GenEval's binary `correct`, Flow-GRPO's partial `score` or the exact-count `strict_correct`."
-
-    def __init__(
-        self,
-        kind: Literal["binary", "partial", "strict"] = "binary",  # which field of the judge's result is the reward
-        keep_records: bool = False,
-    ):  # put the judge's result records (GenEval format) into info["records"]
-        if kind not in JUDGE_FIELDS:
-            raise InputError(f"unknown judge reward kind {kind!r}; use one of {', '.join(JUDGE_FIELDS)}", field="kind")
-        self.kind, self.field, self.keep_records = kind, JUDGE_FIELDS[kind], keep_records
-        self.name = "judge" if kind == "binary" else f"judge_{kind}"
-
-    def __repr__(self):
-        return f"JudgeReward(kind={self.kind!r})"
-
-    def __call__(
-        self,
-        images,  # uint8 [B,64,64,3] toy images
-        prompts: Sequence[str],  # one prompt per image (the judge reads the metadata, not the prompt)
-        metadata: Sequence[dict] | None = None,  # one toy GenEval metadata record per image (required)
-    ) -> tuple[np.ndarray, dict]:
-        "Scores [B] (float32) and info with the counts, the accuracy and per-tag means."
-        from maskfocus.toy.judge import judge_batch
-
-        a, prompts, metadata = check_batch(images, prompts, metadata)
-        if metadata is None:
-            raise InputError("the judge needs one GenEval metadata record per image", field="metadata")
-        try:
-            recs = judge_batch(a, metadata) if len(a) else []
-        except InputError as e:  # judge_batch calls the records `metas`; name them as the protocol does
-            if not (e.field or "").startswith("metas"):
-                raise
-            raise InputError(e.msg, file=e.file, line=e.line, field="metadata" + e.field[len("metas") :]) from None
-        scores = np.array([float(r[self.field]) for r in recs], np.float32)
-        correct = np.array([r["correct"] for r in recs], np.float64)
-        acc = per_tag_mean(correct, metadata)
-        info = {
-            "kind": self.kind,
-            "mean": float(scores.mean()) if len(scores) else None,
-            "images": len(recs),
-            "correct": int(correct.sum()),
-            "strict_correct": int(sum(r["strict_correct"] for r in recs)),
-            "accuracy": float(correct.mean()) if len(recs) else None,
-            "overall": float(np.mean(list(acc.values()))) if acc else None,
-            "score_mean": float(np.mean([r["score"] for r in recs])) if len(recs) else None,
-            "per_tag": per_tag_mean(scores, metadata),
-            "per_tag_accuracy": acc,
-            "per_tag_count": {t: sum(m["tag"] == t for m in metadata) for t in acc},
-        }
-        if self.keep_records:
-            info["records"] = recs
-        return scores, info
-
-# %% ../../nbs/rl/02_rewards.ipynb #9e761749
-class ClipReward:
-    "CLIP score of each (image, prompt) pair with the toy CLIP (raw cosine x `scale`), loaded lazily."
-
-    name = "clip"
-
-    def __init__(
-        self,
-        folder,  # a `maskfocus.toy.clip.save_clip` folder, or a ready `ClipScorer`
-        scale: float = 1.0,  # multiply the cosine by this (1: raw cosine as the MaskFocus code; 100: "CLIP score")
-        device: str = "cpu",  # where to load the model
-        batch_size: int = 256,
-    ):  # images per forward pass
-        if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale)):
-            raise InputError(f"scale must be a finite number, got {scale!r}", field="scale")
-        self.folder, self.scale, self.device, self.batch_size = folder, float(scale), device, batch_size
-        self._scorer = None if isinstance(folder, (str, os.PathLike)) else folder
-        if self._scorer is None and not (Path(folder) / "open_clip_config.json").is_file():
-            raise InputError("not a CLIP model folder: open_clip_config.json not found", file=folder)
-
-    def __repr__(self):
-        src = repr(str(self.folder)) if isinstance(self.folder, (str, os.PathLike)) else "<ClipScorer>"
-        return f"ClipReward({src}, scale={self.scale})"
-
-    @property
-    def scorer(self):
-        "The `ClipScorer` (loaded on first use)."
-        if self._scorer is None:
-            from maskfocus.toy.clip import ClipScorer
-
-            self._scorer = ClipScorer.load(self.folder, device=self.device, batch_size=self.batch_size)
-        return self._scorer
-
-    def __call__(
-        self,
-        images,  # uint8 [B,H,W,3] at the CLIP's image size
-        prompts: Sequence[str],  # one prompt per image
-        metadata: Sequence[dict] | None = None,  # optional metadata records (for per-tag means)
-    ) -> tuple[np.ndarray, dict]:
-        "Scores [B] (float32) = scale x cos(image, prompt); info with the mean and per-tag means."
-        a, prompts, metadata = check_batch(images, prompts, metadata)
-        sc = self.scorer
-        cos = (
-            (sc.image_features(a) * sc.text_features(prompts)).sum(-1).float().cpu().numpy()
-            if len(a)
-            else np.zeros(0, np.float32)
-        )
-        scores = (self.scale * cos).astype(np.float32)
-        return scores, {
-            "mean": float(scores.mean()) if len(scores) else None,
-            "scale": self.scale,
-            "per_tag": per_tag_mean(scores, metadata),
-        }
 
 # %% ../../nbs/rl/02_rewards.ipynb #c07e414c
 def _finite_weight(w, key: str) -> float:
@@ -288,20 +168,21 @@ class WeightedReward:
         return scores, info
 
 # %% ../../nbs/rl/02_rewards.ipynb #713afe3c
-REWARD_NAMES = (
-    "judge",
-    "judge_binary",
-    "judge_partial",
-    "judge_strict",
-    "clip",
-)  # names `make_reward` knows (besides `remotes`)
+REWARDS = {  # name -> its factory `f(clip_model=, clip_scale=)`, as "module:attribute" (see core.resolve)
+    "judge": "maskfocus.toy.rewards:binary_judge",
+    "judge_binary": "maskfocus.toy.rewards:binary_judge",
+    "judge_partial": "maskfocus.toy.rewards:partial_judge",
+    "judge_strict": "maskfocus.toy.rewards:strict_judge",
+    "clip": "maskfocus.toy.rewards:clip_reward",
+}
+REWARD_NAMES = tuple(REWARDS)  # names `make_reward` knows (besides `remotes`)
 
 
 def make_reward(
     spec: dict,  # {name: weight}, e.g. {"judge": 1.0} or {"judge_partial": 0.5, "clip": 0.5}
     clip_model=None,  # CLIP folder or `ClipScorer` for the "clip" reward
     remotes: dict | None = None,  # {name: url} of reward servers (`RemoteReward`), usable as names in `spec`
-    monitor="judge",  # "judge" (the toy judge's binary verdict), None, or a reward: logged accuracy when no judge is in `spec`
+    monitor="judge",  # "judge" (the toy judge's verdict), None, or a reward: logged accuracy when no judge is in `spec`
     clip_scale: float = 1.0,  # scale of the CLIP reward (1: raw cosine)
     timeout: float = 600.0,  # seconds to wait for a remote reward
 ) -> WeightedReward:
@@ -313,20 +194,16 @@ def make_reward(
     for k, wt in spec.items():
         wt = _finite_weight(wt, str(k))
         if k in remotes:
+            from maskfocus.rl.reward_server import RemoteReward  # here: reward_server imports this module
+
             r = RemoteReward(remotes[k], timeout=timeout, name=k)
-        elif k in ("judge", "judge_binary"):
-            r = JudgeReward("binary")
-        elif k in ("judge_partial", "judge_strict"):
-            r = JudgeReward(k.split("_")[1])
-        elif k == "clip":
-            if clip_model is None:
-                raise InputError("the 'clip' reward needs clip_model (a CLIP folder or a ClipScorer)", field=k)
-            r = ClipReward(clip_model, scale=clip_scale)
+        elif k in REWARDS:
+            r = resolve(REWARDS[k])(clip_model=clip_model, clip_scale=clip_scale)
         else:
             raise InputError(f"unknown reward {k!r}; known: {', '.join(REWARD_NAMES + tuple(remotes))}", field=str(k))
         parts[str(k)] = (r, wt)
     if monitor == "judge":
-        monitor = JudgeReward("binary")
+        monitor = resolve(REWARDS["judge"])(clip_model=clip_model, clip_scale=clip_scale)
     return WeightedReward(parts, monitor=monitor)
 
 
@@ -360,325 +237,3 @@ def reward_metrics(
     for t, v in (acc.get("per_tag") or {}).items():
         put(f"judge/tag/{t}", v)
     return out
-
-# %% ../../nbs/rl/02_rewards.ipynb #69c2ac92
-class RewardServerError(RuntimeError):
-    "A reward server could not be reached, timed out, answered an error, or broke the protocol (the message names the URL)."
-
-
-def encode_images(
-    images,  # uint8 [B,H,W,3]
-    compress_level: int = 1,  # PNG compression (0-9); 1 is fast and still lossless
-) -> list[str]:
-    "Each image as a base64-encoded PNG string (lossless)."
-    from PIL import Image
-
-    a, _, _ = check_batch(images, [""] * len(images))
-    out = []
-    for x in a:
-        buf = io.BytesIO()
-        Image.fromarray(x).save(buf, format="PNG", compress_level=compress_level)
-        out.append(base64.b64encode(buf.getvalue()).decode("ascii"))
-    return out
-
-
-def decode_images(
-    items: Sequence[str],  # base64 PNG strings
-) -> np.ndarray:
-    "uint8 [B,H,W,3] from base64 PNG strings; anything else is an `InputError` naming `images[i]`."
-    from PIL import Image
-
-    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
-        raise InputError("expected a list of base64 PNG strings", field="images")
-    out = []
-    for i, s in enumerate(items):
-        try:
-            raw = base64.b64decode(s, validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise InputError(f"not valid base64 ({e})", field=f"images[{i}]") from None
-        try:
-            with Image.open(io.BytesIO(raw), formats=["PNG"]) as im:
-                x = np.asarray(im.convert("RGB"))
-        except Exception as e:
-            raise InputError(f"not a PNG image ({type(e).__name__}: {e})", field=f"images[{i}]") from None
-        if out and x.shape != out[0].shape:
-            raise InputError(
-                f"image is {x.shape[1]}x{x.shape[0]}, images[0] is {out[0].shape[1]}x{out[0].shape[0]}",
-                field=f"images[{i}]",
-            )
-        out.append(x)
-    return np.stack(out) if out else np.zeros((0, 1, 1, 3), np.uint8)
-
-
-def encode_request(
-    images,  # uint8 [B,H,W,3]
-    prompts: Sequence[str],  # one prompt per image
-    metadata: Sequence[dict] | None = None,  # one metadata record per image, or None
-) -> bytes:
-    "The JSON body of a reward request."
-    a, prompts, metadata = check_batch(images, prompts, metadata)
-    body = {"images": encode_images(a), "prompts": prompts}
-    if metadata is not None:
-        body["metadata"] = metadata
-    return json.dumps(body, allow_nan=False).encode()
-
-
-def decode_request(
-    body: bytes,  # the JSON body of a reward request
-) -> tuple[np.ndarray, list[str], list[dict] | None]:
-    "(images, prompts, metadata) of a reward request; a malformed one is an `InputError` naming the field."
-    try:
-        d = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"the body is not valid JSON ({e})", field="body") from None
-    if not isinstance(d, dict):
-        raise InputError(f"expected a JSON object, got {type(d).__name__}", field="body")
-    unknown = sorted(set(d) - {"images", "prompts", "metadata"})
-    if unknown:
-        raise InputError(
-            f"unknown key(s) {', '.join(map(repr, unknown))}; expected images, prompts, metadata", field=unknown[0]
-        )
-    for k in ("images", "prompts"):
-        if k not in d:
-            raise InputError("missing", field=k)
-    if not isinstance(d["prompts"], list):
-        raise InputError("expected a list of strings", field="prompts")
-    if d.get("metadata") is not None and not isinstance(d["metadata"], list):
-        raise InputError("expected a list of objects", field="metadata")
-    images = decode_images(d["images"])
-    return check_batch(images, d["prompts"], d.get("metadata"))
-
-
-def jsonable(x):  # any nesting of dicts, lists, tuples, numpy arrays and numbers
-    "`x` with numpy arrays and scalars turned into lists and Python numbers, non-finite floats into None."
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return jsonable(x.tolist())
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if x is None or isinstance(x, (int, str)):
-        return x
-    return str(x)
-
-# %% ../../nbs/rl/02_rewards.ipynb #1eb91ae5
-def is_loopback(host: str) -> bool:  # an IP address or host name
-    "True for `localhost` and loopback IP addresses (127.0.0.0/8, ::1)."
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "maskfocus-reward/1"
-    protocol_version = "HTTP/1.1"
-
-    def _send(self, status: int, obj: dict):
-        body = json.dumps(obj, allow_nan=False).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, fmt, *args):
-        if not self.server.quiet:
-            super().log_message(fmt, *args)
-
-    def do_GET(self):
-        if self.path.rstrip("/") == "/health":
-            self._send(200, {"status": "ok", "reward": repr(self.server.reward)})
-        else:
-            self._send(404, {"error": f"unknown path {self.path!r}: POST / to score, GET /health"})
-
-    def _refuse(self, status: int, msg: str, n: int = 0):
-        # read (and drop) a body of moderate size first: closing a socket with unread data resets the
-        # connection, and the client would see a reset instead of this answer
-        while 0 < n <= 64 << 20 and (chunk := self.rfile.read(min(n, 1 << 20))):
-            n -= len(chunk)
-        self.close_connection = True
-        self._send(status, {"error": msg})
-
-    def do_POST(self):
-        n = self.headers.get("Content-Length")
-        if n is None or not n.isdigit():
-            return self._refuse(411, "a Content-Length header is required")
-        n = int(n)
-        if self.path not in ("/", ""):
-            return self._refuse(404, f"unknown path {self.path!r}: POST / to score, GET /health", n)
-        if n > self.server.max_bytes:
-            return self._refuse(
-                413, f"request of {n} bytes exceeds the server's limit of {self.server.max_bytes} bytes", n
-            )
-        body = self.rfile.read(n)
-        try:
-            images, prompts, metadata = decode_request(body)
-            with self.server.lock:
-                scores, info = self.server.reward(images, prompts, metadata)
-            scores = np.asarray(scores, np.float32)
-            if scores.shape != (len(images),) or not np.isfinite(scores).all():
-                raise RuntimeError(
-                    f"the reward returned {scores.shape} scores{'' if np.isfinite(scores).all() else ' with non-finite values'} for {len(images)} images"
-                )
-            out = {"scores": [float(v) for v in scores], "info": jsonable(info)}
-        except InputError as e:
-            return self._send(400, {"error": str(e)})
-        except Exception as e:
-            return self._send(500, {"error": f"{type(e).__name__}: {e}"})
-        self._send(200, out)
-
-
-class RewardServer(ThreadingHTTPServer):
-    "A threaded HTTP server scoring JSON reward requests with one reward (see `serve_reward`)."
-
-    daemon_threads = True
-
-    def __init__(
-        self,
-        address: tuple,  # (host, port)
-        reward,  # the reward to serve
-        max_bytes: int = 1 << 30,  # largest accepted request body
-        quiet: bool = True,
-    ):  # do not log every request to stderr
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.reward, self.max_bytes, self.quiet, self.lock, self.thread = (
-            reward,
-            int(max_bytes),
-            quiet,
-            threading.Lock(),
-            None,
-        )
-        super().__init__(address, _Handler)
-
-    def server_bind(self):
-        "Bind without `HTTPServer`'s reverse DNS lookup of the host (it can hang where there is no resolver)."
-        import socketserver
-
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
-
-    @property
-    def url(self) -> str:
-        "The URL to POST to."
-        host, port = self.server_address[:2]
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
-
-    def close(self):
-        "Stop serving and release the port."
-        if self.thread is not None:
-            self.shutdown()
-            self.thread.join()
-            self.thread = None
-        self.server_close()
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def serve_reward(
-    reward,  # any `Reward`
-    host: str = "127.0.0.1",  # address to bind; non-loopback addresses need allow_remote=True
-    port: int = 0,  # port (0: a free one chosen by the OS)
-    allow_remote: bool = False,  # allow binding a non-loopback address (there is no authentication!)
-    max_bytes: int = 1 << 30,  # largest accepted request body
-    quiet: bool = True,  # do not log every request
-) -> tuple[RewardServer, str]:
-    "Serve `reward` over JSON/HTTP in a background thread; returns (server, url). Binds to loopback only by default."
-    if not allow_remote and not is_loopback(host):
-        raise InputError(
-            f"refusing to serve a reward on non-loopback address {host!r}: the server has no authentication; "
-            "use 127.0.0.1 (and an SSH tunnel), or pass allow_remote=True",
-            field="host",
-        )
-    server = RewardServer((host, port), reward, max_bytes=max_bytes, quiet=quiet)
-    server.thread = threading.Thread(
-        target=server.serve_forever,
-        kwargs={"poll_interval": 0.1},
-        daemon=True,
-        name=f"reward-server-{server.server_address[1]}",
-    )
-    server.thread.start()
-    return server, server.url
-
-# %% ../../nbs/rl/02_rewards.ipynb #66d43f15
-_OPENER = urllib.request.build_opener(
-    urllib.request.ProxyHandler({})
-)  # never route reward calls through an environment proxy
-
-
-class RemoteReward:
-    "A reward computed by a reward server (`serve_reward`'s JSON protocol); errors name the URL."
-
-    def __init__(
-        self,
-        url: str,  # the server's URL, e.g. "http://127.0.0.1:18085/"
-        timeout: float = 600.0,  # seconds to wait for the connection and for the answer
-        name: str = "remote",
-    ):  # the name it is logged under
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise InputError(f"expected an http(s) URL, got {url!r}", field="url")
-        self.url, self.timeout, self.name = url, float(timeout), name
-
-    def __repr__(self):
-        return f"RemoteReward({self.url!r})"
-
-    def _post(self, body: bytes) -> bytes:
-        req = urllib.request.Request(self.url, data=body, method="POST", headers={"Content-Type": "application/json"})
-        try:
-            with _OPENER.open(req, timeout=self.timeout) as r:
-                return r.read()
-        except urllib.error.HTTPError as e:
-            raw = e.read()
-            try:
-                msg = json.loads(raw)["error"]
-            except Exception:
-                msg = raw.decode(errors="replace")[:500] or e.reason
-            raise RewardServerError(f"reward server {self.url} answered HTTP {e.code}: {msg}") from None
-        except (TimeoutError, socket.timeout) as e:
-            raise RewardServerError(
-                f"reward server {self.url} did not answer within {self.timeout:g} s (timeout)"
-            ) from None
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, (TimeoutError, socket.timeout)):
-                raise RewardServerError(
-                    f"reward server {self.url} did not answer within {self.timeout:g} s (timeout)"
-                ) from None
-            raise RewardServerError(f"cannot reach reward server {self.url}: {e.reason}") from None
-        except (ConnectionError, OSError) as e:
-            raise RewardServerError(f"connection to reward server {self.url} failed: {type(e).__name__}: {e}") from None
-
-    def __call__(
-        self,
-        images,  # uint8 [B,H,W,3]
-        prompts: Sequence[str],  # one prompt per image
-        metadata: Sequence[dict] | None = None,  # one metadata record per image
-    ) -> tuple[np.ndarray, dict]:
-        "Scores [B] (float32) and the server's info (as JSON)."
-        a, prompts, metadata = check_batch(images, prompts, metadata)
-        raw = self._post(encode_request(a, prompts, metadata))
-        try:
-            d = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise RewardServerError(
-                f"reward server {self.url} answered something that is not JSON: {raw[:200]!r}"
-            ) from None
-        s = d.get("scores") if isinstance(d, dict) else None
-        if (
-            not isinstance(s, list)
-            or len(s) != len(a)
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in s)
-        ):
-            raise RewardServerError(
-                f"reward server {self.url} broke the protocol: expected 'scores', a list of {len(a)} finite numbers"
-            )
-        return np.array(s, np.float32), d.get("info") if isinstance(d.get("info"), dict) else {}

@@ -1,4 +1,4 @@
-"""Trajectory-recording sampler with Dynamic Routing (DR) sampling: G rollouts per prompt, every step's full prediction, commit order, per-sample entropy and branch, in a record small enough for paper scale.
+"""Trajectory-recording sampler with Dynamic Routing: G rollouts per prompt, each step's prediction, order and entropy.
 
 Docs: https://maskfocus.github.io/maskfocus/rl/rollout.html.md"""
 
@@ -22,24 +22,27 @@ __all__ = ['DRConfig', 'token_entropy', 'explore_temperature', 'route', 'Traject
 # %% ../../nbs/rl/01_rollout.ipynb #92a28fb3
 @dataclass
 class DRConfig:
-    "Dynamic-Routing sampling settings (MaskFocus paper §3 Eq. 7-8; released code `meissonic/pipeline.py` and `scheduler.py`)."
+    "Dynamic-Routing sampling settings (MaskFocus paper §3 Eq. 7-8; the released code's pipeline and scheduler)."
 
     enabled: bool = field(
         default=True,
         metadata={
-            "help": "route low-entropy samples to the exploration branch at every step (MaskFocus: on; off = plain MaskGIT sampling, the `maskfocus_no_dr` ablation)"
+            "help": "route low-entropy samples to the exploration branch at every step "
+            "(MaskFocus: on; off = plain MaskGIT sampling, the `maskfocus_no_dr` ablation)"
         },
     )
     split: float = field(
         default=0.5,
         metadata={
-            "help": "fraction of each group ranked high-entropy: threshold = the max(1, floor(split*G))-th largest H_b of the group, H_b >= threshold -> standard (code: median split, sorted_entropy[G//2 - 1])"
+            "help": "fraction of each group ranked high-entropy: threshold = the max(1, floor(split*G))-th largest "
+            "H_b of the group, H_b >= threshold -> standard (code: median split, sorted_entropy[G//2 - 1])"
         },
     )
     apply_to_all: bool = field(
         default=False,
         metadata={
-            "help": "ablation: every sample explores at every step (paper Fig. 5 'sampling strategy': unstable / reward-hacked late in training)"
+            "help": "ablation: every sample explores at every step "
+            "(paper Fig. 5 'sampling strategy': unstable / reward-hacked late in training)"
         },
     )
     T: float = field(
@@ -124,7 +127,8 @@ class Trajectory:
     timesteps: torch.Tensor  # [N] int64: model timestep of each step
     entropy: torch.Tensor  # [N, B] float32: H_b summed over positions masked before step s (guided distribution, nats)
     explore: torch.Tensor  # [N, B] bool: took the exploration branch at step s
-    min_kept_conf: torch.Tensor  # [N, B] float32: min p(sampled token) (tempered as sampled, no Gumbel) over positions committed at s; +inf if none
+    # [N, B] float32: min p(sampled token) (tempered as sampled, no Gumbel) over positions committed at s; +inf if none
+    min_kept_conf: torch.Tensor
     grid: tuple[int, int]  # (H, W)
     group_size: int  # G
 

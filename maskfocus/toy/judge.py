@@ -1,4 +1,4 @@
-"""GenEval's role at toy scale: find the *intact* objects of a toy image, their shape, colour, count and position, and apply GenEval's rules.
+"""GenEval at toy scale: find the *intact* objects of a toy image and apply GenEval's rules to them.
 
 Docs: https://maskfocus.github.io/maskfocus/toy/judge.html.md"""
 

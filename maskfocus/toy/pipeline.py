@@ -12,7 +12,8 @@ import torch
 from ..core import InputError
 from ..models.pipeline import MaskedPipeline, SamplingConfig
 from ..models.text import CLIPTextEncoder
-from ..models.transformer import MeissonicConfig, MeissonicTransformer
+from ..models.meissonic_config import MeissonicConfig
+from ..models.transformer import MeissonicTransformer
 from . import world
 from .tokenizer import PatchTokenizer
 
@@ -37,7 +38,8 @@ def toy_pipeline(
     if text_encoder is not None and text_encoder.pooled_dim != dim:
         raise InputError(
             f"the text encoder's pooled width {text_encoder.pooled_dim} must equal the transformer width {dim} "
-            "(Meissonic's pooled_projection_dim = D: the pooled text goes through cond_embed into the D-wide time/text embedder)",
+            "(Meissonic's pooled_projection_dim = D: the pooled text goes through cond_embed into the D-wide "
+            "time/text embedder)",
             field="dim",
         )
     hd = dim // heads

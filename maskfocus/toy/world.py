@@ -1,4 +1,4 @@
-"""Token-aligned scenes of coloured shapes, GenEval-worded prompts with GenEval metadata, scenes that satisfy any prompt, and the train/test splits.
+"""Token-aligned scenes of coloured shapes, GenEval-worded prompts, satisfying scenes, train/test splits.
 
 Docs: https://maskfocus.github.io/maskfocus/toy/world.html.md"""
 
@@ -21,7 +21,7 @@ from ..geneval import TAGS, NUMBER_WORDS, OPPOSITE, relative_position, validate_
 __all__ = ['IMAGE_SIZE', 'PATCH', 'GRID', 'CELL', 'BACKGROUND', 'SHAPES', 'COLOR_RGB', 'COLORS', 'MAX_OBJECTS', 'PLURAL',
            'SHAPE_MASKS', 'Scene', 'shape_mask', 'Obj', 'separated', 'check_scene', 'render', 'make_metadata',
            'all_prompts', 'composition', 'random_cells', 'sample_scene', 'describe', 'random_scene', 'captioned_scene',
-           'make_splits', 'write_splits', 'read_prompts']
+           'make_splits', 'write_splits', 'read_prompts', 'check_splits', 'ground_truth_images']
 
 # %% ../../nbs/toy/00_world.ipynb #37da87d2
 IMAGE_SIZE = 64  # pixels per side
@@ -333,3 +333,33 @@ def write_splits(
 def read_prompts(path) -> list[dict]:  # a GenEval-format jsonl in the toy vocabulary
     "Read toy-world metadata; unknown shapes, colours or tags are errors naming line and field."
     return read_metadata(path, classes=SHAPES, colors=COLORS)
+
+# %% ../../nbs/toy/00_world.ipynb #2e699fdb
+def check_splits(
+    out,  # folder holding the split files
+    seed: int = 0,  # seed of the held-out choice and the test order
+    test_per_tag: int = 36,  # test entries per GenEval tag
+) -> dict:
+    "Compare the split files in `out` with those `seed` generates: {params, files, differ, ok}."
+    import tempfile
+
+    splits = make_splits(seed=seed, test_per_tag=test_per_tag)
+    params = dict(seed=seed, test_per_tag=test_per_tag)
+    out = Path(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_splits(tmp, splits, **params)
+        names = sorted(p.name for p in Path(tmp).iterdir())
+        diff = [n for n in names if not (out / n).is_file() or (out / n).read_bytes() != (Path(tmp) / n).read_bytes()]
+    return {"params": params, "files": names, "differ": diff, "ok": not diff}
+
+
+def ground_truth_images(
+    metas: Sequence[dict],  # metadata records
+    per_prompt: int,  # images per record
+    seed: int = 0,  # image n of record i uses the stream (seed, i, n)
+) -> list[list[np.ndarray]]:
+    "`per_prompt` rendered scenes that satisfy each record, as uint8 images."
+    return [
+        [render(sample_scene(m, np.random.default_rng([seed, i, n]))) for n in range(per_prompt)]
+        for i, m in enumerate(metas)
+    ]
