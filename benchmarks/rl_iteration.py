@@ -17,7 +17,7 @@ against K in {1, 2, 4, 8}, and the iteration time of `maskfocus` at each K in `-
   would see K graphs kept alive: K forward passes of the transformer on the 32-sample batch with one backward each
   (the trainer's way), then the same with one backward of their sum (growth beyond the first). Not used:
   tracemalloc (blind to torch's CPU allocations) and ru_maxrss (on Linux it carries the forking parent's peak across
-  exec). Goal: flat in K (each selected step is back-propagated on its own, SPEC §2).
+  exec). Goal: flat in K (each selected step is back-propagated on its own).
 
 One torch thread per process (`torch.set_num_threads(1)`, OMP_NUM_THREADS=1 in the children): the numbers are for
 the shared 2-core CPU machine of this project. Not a test: it only writes numbers (atomically).

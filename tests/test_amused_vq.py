@@ -10,7 +10,7 @@ import torch
 from diffusers import UVit2DModel, VQModel
 
 from maskfocus.models.amused import AmusedAdapter, tiny_uvit_config
-from maskfocus.core import InputError, shared_path
+from maskfocus.core import InputError, reference_path
 from maskfocus.models.tokenizer import Tokenizer, VQTokenizer, meissonic_vqvae_config, tiny_vqvae_config
 from maskfocus.models.interface import MaskedImageModel
 
@@ -289,9 +289,7 @@ def test_vq_config_helpers():
 
 
 def test_vq_manifest_matches_meissonic_release():
-    path = shared_path("reference", "meissonic_vqvae_keys.json")
-    if path is None:
-        pytest.skip("../shared/reference/meissonic_vqvae_keys.json not found (set MASKFOCUS_SHARED)")
+    path = reference_path("meissonic_vqvae_keys.json")  # committed in tests/reference/
     manifest = [(k, tuple(s)) for k, s in json.loads(path.read_text())]
     with torch.device("meta"):
         model = VQModel(**meissonic_vqvae_config())

@@ -205,3 +205,57 @@ def test_evaluate_per_tag_balances_an_unequal_prompt_file(tmp_path, run_cli):
         r.stderr
     )
     assert not (tmp_path / "ev0").exists()
+
+
+def test_version(run_cli):
+    "`maskfocus --version` prints `maskfocus <version>`."
+    from maskfocus import __version__
+
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"maskfocus {__version__}", r.stderr
+
+
+def _parsers():
+    "Every parser of the `maskfocus` command: the top level, each subcommand, and `maskfocus train`'s own."
+    import argparse
+
+    from maskfocus.cli import build_parser
+    from maskfocus.rl.command import build_train_parser
+
+    top = build_parser()
+    subs = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+    return [("maskfocus", top), ("maskfocus train", build_train_parser())] + [
+        (f"maskfocus {name}", p) for a in subs for name, p in a.choices.items()
+    ]
+
+
+def test_every_option_has_help_and_shows_its_default():
+    "Each action except help/version (and the subcommand list) has help; each optional one's help shows its default."
+    import argparse
+
+    skip = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
+    missing, no_default = [], []
+    for name, parser in _parsers():
+        fmt = parser._get_formatter()
+        for a in parser._actions:
+            if isinstance(a, skip):
+                continue
+            if not (a.help or "").strip():
+                missing.append(f"{name} {'/'.join(a.option_strings) or a.dest}")
+            elif a.option_strings and not a.required and "default" not in fmt._get_help_string(a):
+                no_default.append(f"{name} {'/'.join(a.option_strings)}")
+    assert not missing, f"options without help: {missing}"
+    assert not no_default, f"options whose help does not show the default: {no_default}"
+    assert len(_parsers()) == 2 + 8, "the top level, train's own parser and the 8 subcommands"
+
+
+def test_read_params_names_line_and_column_of_a_yaml_error(tmp_path):
+    "A malformed params file is one InputError naming the file, the line and the column."
+    from maskfocus.core import InputError, read_params
+
+    p = tmp_path / "params.yaml"
+    p.write_text("rl:\n  lr: 0.1\n  clip: [0.2, 0.3\n  beta: 0\n")
+    with pytest.raises(InputError) as e:
+        read_params(p, "rl")
+    assert e.value.line == 4 and e.value.file == str(p), str(e.value)
+    assert str(e.value).startswith(f"{p}:4: malformed YAML at column 7") and "ParserError" in str(e.value)

@@ -1,4 +1,4 @@
-"""The RL trainer's bars (SPEC §5, issue 6): exact resume, a SIGKILL in the middle of a checkpoint, every trainable
+"""The RL trainer's bars (issue 6): exact resume, a SIGKILL in the middle of a checkpoint, every trainable
 parameter moves, the KL reference exists only when beta > 0, and 2 processes (gloo, CPU) give the gradients of 1.
 
 All runs use a tiny random toy pipeline and a pixel reward (`tests/_launch_train.py`): a random model draws no
@@ -340,3 +340,48 @@ def test_reward_from_a_server(base, metas, tmp_path):
     )
     with pytest.raises(RewardServerError, match=url.rstrip("/")):  # the server is gone: the error names it
         trainer.train(stopped, base, tmp_path / "p", prompts=metas, progress=False)
+
+
+def test_reward_without_mean_constant_warning_and_progress_lines(base, metas, tmp_path, capsys):
+    """A reward whose info lacks mean/std still logs reward/mean (of its scores); an all-constant reward is warned
+    once per call on stderr; without a bar the main process prints a line every checkpoint_every iterations."""
+    flat = lambda images, prompts, metadata=None: (np.full(len(images), 0.25, np.float32), {})
+    cfg = make_config("maskfocus", {**TINY, "iterations": 3, "checkpoint_every": 2})
+    s = trainer.train(cfg, base, tmp_path / "o", prompts=metas, reward_fn=flat, progress=False)
+    assert [h["reward/mean"] for h in s["history"]] == [0.25] * 3 and s["history"][0]["reward/std"] == 0.0
+    mean_tsv = tmp_path / "o" / "run" / "dvclive" / "plots" / "metrics" / "reward" / "mean.tsv"
+    assert len(mean_tsv.read_text().splitlines()) == 1 + 3, "a reward curve in dvclive"
+    out, err = capsys.readouterr()
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "iteration 1" in warnings[0] and "advantage is 0" in warnings[0], err
+    lines = [line for line in out.splitlines() if line.startswith("train: iteration")]
+    assert [line.split(", KL ")[0] for line in lines] == [
+        "train: iteration 2/3, reward mean 0.2500",  # every checkpoint_every = 2 iterations
+        "train: iteration 3/3, reward mean 0.2500",  # and after the last one
+    ], out
+    trainer.train(cfg, base, tmp_path / "p", prompts=metas, reward_fn=Redness(), progress=False, max_iterations=1)
+    assert "warning:" not in capsys.readouterr().err, "a reward that varies is not warned"
+
+
+def test_group_size_one_is_refused(base, tmp_path, capsys):
+    "G = 1: every group advantage is 0, no learning signal; refused with a clear error before anything is written."
+    argv = ["--base", str(base), "--out", str(tmp_path / "o"), "--set", "group_size=1", "--no-progress"]
+    assert command.train_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: field 'group_size': group_size must be >= 2") and "no learning signal" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_encode_prompts_of_a_frozen_text_tower_keeps_no_graph(base):
+    "A frozen text tower runs under no_grad (no graph kept), with the same outputs; a trainable one keeps its graph."
+    pipe = MaskedPipeline.load(base)
+    prompts = ["a photo of a red cube", "two blue balls"]
+    trainable = any(p.requires_grad for p in pipe.text_encoder.parameters())
+    if trainable:
+        h, pooled = pipe.encode_prompts(prompts)
+        assert h.requires_grad and h.grad_fn is not None, "a trainable tower keeps its graph"
+    pipe.text_encoder.requires_grad_(False)
+    h0, p0 = pipe.text_encoder(prompts)  # the frozen tower called directly, autograd on
+    h1, p1 = pipe.encode_prompts(prompts)
+    assert h1.grad_fn is None and p1.grad_fn is None and not h1.requires_grad
+    assert torch.equal(h0, h1) and torch.equal(p0, p1)
