@@ -612,7 +612,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                  'maskfocus/rl/trainer.py'),
                                       'maskfocus.rl.trainer.Scores': ('rl/trainer.html#scores', 'maskfocus/rl/trainer.py'),
                                       'maskfocus.rl.trainer.Update': ('rl/trainer.html#update', 'maskfocus/rl/trainer.py'),
-                                      'maskfocus.rl.trainer.__getattr__': ('rl/trainer.html#__getattr__', 'maskfocus/rl/trainer.py'),
                                       'maskfocus.rl.trainer._backward': ('rl/trainer.html#_backward', 'maskfocus/rl/trainer.py'),
                                       'maskfocus.rl.trainer._first_update': ('rl/trainer.html#_first_update', 'maskfocus/rl/trainer.py'),
                                       'maskfocus.rl.trainer._optimizer_step': ( 'rl/trainer.html#_optimizer_step',

@@ -20,6 +20,7 @@ from maskfocus.models.pipeline import MaskedPipeline
 from maskfocus.toy.pipeline import toy_pipeline
 import maskfocus.rl.trainer as trainer
 import maskfocus.rl.command as command
+import maskfocus.rl.state as state
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -152,9 +153,9 @@ def test_update_moves_every_parameter_and_reference(base, metas, tmp_path):
     cfg = make_config(
         "maskfocus", {**TINY, "iterations": 2, "checkpoint_every": 1, "keep_checkpoints": 0, "weight_decay": 0.0}
     )
-    n0 = trainer.REFERENCE_COPIES
+    n0 = state.REFERENCE_COPIES
     s = run(cfg, base, tmp_path / "kl", metas)
-    assert trainer.REFERENCE_COPIES == n0 + 1 and s["has_reference"]
+    assert state.REFERENCE_COPIES == n0 + 1 and s["has_reference"]
     assert s["params_without_grad"] == [], f"parameters without gradient: {s['params_without_grad']}"
     w0 = load_file(base / "transformer" / "diffusion_pytorch_model.safetensors")
     w1 = load_file(list_checkpoints(tmp_path / "kl" / "run")[0] / "weights.safetensors")
@@ -166,10 +167,10 @@ def test_update_moves_every_parameter_and_reference(base, metas, tmp_path):
     assert h[0]["update/kl"] == 0.0 and h[1]["update/kl"] > 0
     cfg0 = make_config("maskfocus", {**TINY, "iterations": 1, "beta": 0.0})
     s0 = run(cfg0, base, tmp_path / "nokl", metas)
-    assert trainer.REFERENCE_COPIES == n0 + 1 and not s0["has_reference"], "beta = 0: no reference model"
+    assert state.REFERENCE_COPIES == n0 + 1 and not s0["has_reference"], "beta = 0: no reference model"
     assert s0["history"][0]["update/kl"] == 0.0
     sm = run(make_config("mask_grpo", {**TINY, "iterations": 1}), base, tmp_path / "mg", metas)
-    assert not sm["has_reference"] and trainer.REFERENCE_COPIES == n0 + 1
+    assert not sm["has_reference"] and state.REFERENCE_COPIES == n0 + 1
 
 
 def free_port() -> int:

@@ -26,14 +26,6 @@ from .rollout import rollout
 from .state import Run, finish, make_reference, open_run, progress_line, resume_run, setup  # noqa: F401
 from .state import warn_constant_reward
 
-
-def __getattr__(name: str):  # the live counter of maskfocus.rl.state (tests read trainer.REFERENCE_COPIES)
-    if name == "REFERENCE_COPIES":
-        from maskfocus.rl import state
-
-        return state.REFERENCE_COPIES
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 # %% auto #0
 __all__ = ['EVALUATORS', 'UPDATE_STATS', 'REDUCE', 'iteration_prompts', 'Rollouts', 'roll_out', 'Scores', 'score', 'advantages',
            'Plans', 'plan_steps', 'Frozen', 'frozen_logps', 'Update', 'update', 'evaluate', 'metrics', 'log_metrics',
