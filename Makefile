@@ -1,12 +1,15 @@
 # make test   - set up .venv if needed, then lint and run every test (what CI runs)
 # make lint   - ruff check (lines <= 120, syntax) and ruff format --check (see README, "Development: the house rules")
 # make repro  - set up .venv if needed, then reproduce the toy pipeline (dvc repro; RL runs two at a time)
+# make demo   - set up .venv if needed, then train a small base and a short MaskFocus run in demo/ (minutes)
+# make docs   - set up .venv if needed, then build the documentation site from the notebooks into _docs/
+# make lab    - open the notebooks in JupyterLab
 SHELL := /bin/bash
 VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lint test repro clean-venv
+.PHONY: setup lint test repro demo docs lab clean-venv
 
 setup: $(STAMP)
 
@@ -35,6 +38,15 @@ repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" python scripts/repro_parallel.py --jobs 2 'rl@*' 'rl_variant@*'
 	# --allow-missing: the frozen sweep's run folders are not in a fresh clone (no DVC remote); skip, don't fail
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro --allow-missing
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" python scripts/demo.py
+
+docs: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/docs.sh
+
+lab: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" jupyter lab nbs
 
 clean-venv:
 	rm -rf $(VENV)
