@@ -111,12 +111,42 @@ def test_sweep_report_reads_its_entries_and_scores_like_the_base():
     import re
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    report = stages["rl_sweep_report"]
+    sweep = yaml.safe_load((ROOT / "sweep" / "dvc.yaml").read_text())["stages"]
+    report = sweep["rl_sweep_report"]
     assert (
         "-p sweep_params params.yaml" in report["cmd"]
         and "entries" not in report["cmd"]
-        and "rl_sweep" in report["params"]
+        and report["params"] == [{"../params.yaml": ["rl_sweep"]}]
     )
     proto = lambda c: re.search(r"--steps \S+ --cfg \S+\s+--per-tag \S+ --seed \S+", c)[0].split()
-    assert proto(stages["rl_sweep"]["do"]["cmd"]) == proto(stages["eval_base_train"]["cmd"])
-    assert "sweep_eval" in stages["rl_sweep"]["do"]["params"] and "sweep_eval" in stages["eval_base_train"]["params"]
+    assert proto(sweep["rl_sweep"]["do"]["cmd"]) == proto(stages["eval_base_train"]["cmd"])
+    assert "sweep_eval" in sweep["rl_sweep"]["do"]["params"][0]["../params.yaml"]
+    assert "sweep_eval" in stages["eval_base_train"]["params"]
+
+
+def test_frozen_sweep_is_a_project_of_its_own():
+    """The frozen sweep lives in sweep/, a nested DVC project: the root's `dvc dag` / `dvc status` never see it (no
+    frozen stage, no warning), and its lock records every entry with the committed results it points at."""
+    assert (ROOT / "sweep" / ".dvc" / "config").is_file()
+    root = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert not any(st.get("frozen") or st.get("do", {}).get("frozen") for st in root.values())
+    entries = yaml.safe_load((ROOT / "params.yaml").read_text())["rl_sweep"]
+    lock = yaml.safe_load((ROOT / "sweep" / "dvc.lock").read_text())["stages"]
+    assert {f"rl_sweep@{k}" for k in entries} <= set(lock)
+    for k in entries:
+        outs = {o["path"]: o for o in lock[f"rl_sweep@{k}"]["outs"]}
+        assert set(outs) == {f"work/{k}", f"runs/{k}"} and (ROOT / "sweep" / "runs" / k / "eval.json").is_file()
+
+
+def test_metrics_files_hold_numbers_only():
+    """`dvc metrics show` prints one table whose columns are the union of the metrics files' keys: each file is one
+    flat {method: number} (text and nested tables go to plain outputs), so the table fits a terminal."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    files = [next(iter(m)) for st in stages.values() for m in st.get("do", st).get("metrics", [])]
+    assert 1 <= len(files) <= 4, files
+    keys = set()
+    for f in files:
+        m = json.loads((ROOT / f).read_text())
+        assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in m.values()), f
+        keys |= set(m)
+    assert len(keys) <= 8, sorted(keys)

@@ -14,7 +14,7 @@ from ..core import InputError, repo_root
 
 # %% auto #0
 __all__ = ['resolve', 'repo_relative', 'output_dir', 'run_key', 'parse_key', 'discover_runs', 'read_json', 'setting_label',
-           'read_summary', 'read_eval', 'curve_file', 'list_metrics', 'read_curve']
+           'read_summary', 'read_eval', 'curve_file', 'list_metrics', 'read_curve', 'smoke_test']
 
 # %% ../../nbs/report/00_runs.ipynb #c1899aec
 def resolve(
@@ -164,3 +164,18 @@ def read_curve(
             raise InputError(f"malformed row {r!r}", file=f, line=n, field=head[col]) from None
     o = np.argsort(steps, kind="stable")
     return np.asarray(steps, int)[o], np.asarray(vals, float)[o]
+
+# %% ../../nbs/report/00_runs.ipynb #9d4b7c2e
+_SMOKE_ENV = ("MASKFOCUS_SMOKE", "IN_TEST")  # either one set (not "0"): every notebook runs its smoke test
+
+
+def smoke_test(
+    *inputs: str | os.PathLike,  # the notebook's inputs, relative to the repository root ("" = none given)
+) -> bool:  # True: run the tiny smoke test instead of reading the inputs
+    "Whether an experiment notebook runs its smoke test: an input is empty or absent, or the environment asks for it."
+    forced = [v for v in _SMOKE_ENV if os.environ.get(v, "") not in ("", "0")]
+    missing = [str(p) or '""' for p in inputs if not str(p) or not resolve(p).exists()]
+    if forced or missing:
+        why = f"{' and '.join(forced)} set" if forced else f"not found: {', '.join(missing)}"
+        print(f"SMOKE TEST ({why}): tiny random models; the numbers say nothing about the method")
+    return bool(forced or missing)

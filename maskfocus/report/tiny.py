@@ -4,7 +4,7 @@
 
 # %% ../../nbs/report/03_tiny.ipynb #413c29f2
 from __future__ import annotations
-import atexit, contextlib, io, os, shutil, tempfile, time
+import atexit, contextlib, io, json, os, shutil, tempfile, time
 from pathlib import Path
 from typing import Sequence
 
@@ -151,20 +151,30 @@ def tiny_runs(
     }
 
 # %% ../../nbs/report/03_tiny.ipynb #f36cef56
+def _runs_setting(runs_dir: Path, variants: Sequence[str]) -> str:
+    "The only evaluation setting of the first run of `variants[0]` (given runs evaluated at one setting)."
+    found = sorted(runs_dir.glob(f"{variants[0]}-s*/eval.json")) if variants else []
+    keys = list(json.loads(found[0].read_text())) if found else []
+    if len(keys) != 1:
+        raise InputError(
+            "given runs need the evaluation setting, its label in eval.json (e.g. N=16,cfg=3): "
+            f"found {', '.join(keys) or 'no eval.json'}",
+            field="setting",
+        )
+    return keys[0]
+
+
 def experiment_inputs(
     runs_dir: str | os.PathLike,  # folder of `<variant>-s<seed>` runs; "" = tiny runs in a temporary folder
     base_eval: str | os.PathLike,  # the base model's eval.json; "" = the tiny base's (or none)
     variants: Sequence[str],  # the variants the notebook reads (tiny runs: keys of TINY_VARIANTS)
     seeds: Sequence[int] = (0, 1),  # seeds of the tiny runs
     evaluate: bool = True,  # tiny runs: evaluate the final models
-    setting: str = "",  # the setting's label in eval.json (`N=16,cfg=3`); "" = the tiny runs' (given runs need one)
+    setting: str = "",  # the setting's label in eval.json (`N=16,cfg=3`); "" = the runs' only one (tiny: N=4,cfg=3)
 ) -> dict:  # {"runs_dir": Path, "base_eval": Path | None, "setting": str, "tiny": bool}
     "The runs, base evaluation and setting a notebook reads: the given ones, or tiny real runs of its variants."
     if str(runs_dir):
-        if not setting:
-            raise InputError(
-                "given runs need the evaluation setting, its label in eval.json (e.g. N=16,cfg=3)", field="setting"
-            )
+        setting = setting or _runs_setting(resolve(runs_dir), variants)
         return {
             "runs_dir": resolve(runs_dir),
             "base_eval": resolve(base_eval) if str(base_eval) else None,
