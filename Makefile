@@ -36,7 +36,7 @@ lint: $(STAMP)
 repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro prompts judge_groundtruth train_clip pretrain eval_base
 	PATH="$(CURDIR)/$(BIN):$$PATH" python scripts/repro_parallel.py --jobs 2 'rl@*' 'rl_variant@*'
-	# --allow-missing: the frozen sweep's run folders are not in a fresh clone (no DVC remote); skip, don't fail
+	# --allow-missing: a stage whose only change is a DVC-cached output absent from a clone (no DVC remote) is not re-run
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro --allow-missing
 
 demo: $(STAMP)

@@ -9,10 +9,16 @@ with `dvc commit --force STAGE` (outputs hashed, dvc.lock updated) — what `dvc
 Stages run in the order given; their upstream stages must already be up to date (the script checks this and
 stops otherwise). A failed command stops new launches; the others finish; the exit status is 1.
 
-Each stage's output goes to work/logs/<stage>.log; wall times are added to work/logs/timings.json.
+`--project DIR` works on the DVC project in DIR: a nested project such as the frozen sweep (`sweep/`, its own
+dvc.yaml and dvc.lock). Without it, the project is the one holding the current directory, as for `dvc` itself (run
+from sweep/, the sweep). Every `dvc` call and every stage command runs in the project's folder, so the paths of its
+dvc.yaml are read as DVC reads them there.
+
+Each stage's output goes to work/logs/<stage>.log; wall times are added to work/logs/timings.json (a nested project:
+work/logs/<DIR>/, under the repository root's ignored work/, whichever project runs).
 
     .venv/bin/python scripts/repro_parallel.py --jobs 2 'rl@*' 'rl_variant@*'
-    .venv/bin/python scripts/repro_parallel.py --jobs 2 --force 'rl_sweep@*'     # the frozen tuning sweep
+    .venv/bin/python scripts/repro_parallel.py --project sweep --jobs 2 --force 'rl_sweep@*'   # the frozen sweep
 """
 
 from __future__ import annotations
@@ -21,15 +27,32 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-LOGS = ROOT / "work" / "logs"
+PROJECT = ROOT  # the DVC project worked on (--project); every dvc call and stage command runs here
+
+
+def project_dir(arg: str) -> Path:
+    """The DVC project folder named by --project (relative to the current directory); empty: the project holding the
+    current directory, as `dvc` finds it (the nearest folder upwards with a .dvc/), else the repository root."""
+    here = Path.cwd().resolve()
+    found = next((d for d in [here, *here.parents] if (d / ".dvc").is_dir()), None)
+    p = Path(arg).resolve() if arg else (found if found is not None and found.is_relative_to(ROOT) else ROOT)
+    if not (p / "dvc.yaml").is_file() or not (p / ".dvc").is_dir():
+        raise SystemExit(f"error: --project {arg}: {p} is not a DVC project (needs dvc.yaml and .dvc/)")
+    return p
+
+
+def logs_dir(project: Path) -> Path:
+    "Where the stage logs and timings go: work/logs of the repository root, a sub-folder per nested project."
+    rel = project.relative_to(ROOT) if project.is_relative_to(ROOT) else Path(project.name)
+    return ROOT / "work" / "logs" / rel
 
 
 def dvc(*args: str, tries: int = 30) -> str:
-    """Run the project's dvc; return stdout. Waits while another dvc holds the repo lock; raises with its stderr on
-    failure."""
+    """Run the project's dvc in PROJECT; return stdout. Waits while another dvc holds the repo lock; raises with its
+    stderr on failure."""
     for _ in range(tries):
         r = subprocess.run(
-            [str(BIN / "dvc"), *args], cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL
+            [str(BIN / "dvc"), *args], cwd=PROJECT, capture_output=True, text=True, stdin=subprocess.DEVNULL
         )
         if r.returncode == 0:
             return r.stdout
@@ -55,11 +78,11 @@ def resolved(names: list[str]) -> dict[str, dict]:
     "Per stage: its resolved command, whether it is frozen, and its upstream stages (DVC's own view)."
     from dvc.repo import Repo
 
-    with Repo(str(ROOT)) as repo:
+    with Repo(str(PROJECT)) as repo:
         graph = repo.index.graph
         out = {}
         for n in names:
-            st = repo.stage.collect(n)[0]
+            st = repo.stage.collect(f"{PROJECT / 'dvc.yaml'}:{n}")[0]  # the project's dvc.yaml, whatever the cwd
             up = [s.addressing for s in graph.successors(st)] if st in graph else []
             out[n] = {"cmd": st.cmd, "frozen": bool(st.frozen), "upstream": up}
     return out
@@ -71,44 +94,22 @@ def out_of_date(names: list[str]) -> list[str]:
     return [n for n in names if n in st]
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("targets", nargs="+", help="stage names or fnmatch patterns, e.g. 'rl@*'")
-    ap.add_argument("--jobs", type=int, default=2, help="stages run at once")
-    ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each stage command")
-    ap.add_argument("--force", action="store_true", help="run every target, even up-to-date or frozen ones")
-    ap.add_argument("--dry", action="store_true", help="print what would run")
-    a = ap.parse_args(argv)
-    if a.jobs < 1 or a.threads < 1:
-        raise SystemExit("error: --jobs and --threads must be >= 1")
-    names = stage_names(a.targets)
-    info = resolved(names)
-    upstream = sorted({u for n in names for u in info[n]["upstream"] if u not in names})
-    stale = out_of_date(upstream) if upstream else []
-    if stale:
-        raise SystemExit(
-            f"error: upstream stages are out of date: {', '.join(stale)} (run `dvc repro {' '.join(stale)}` first)"
-        )
-    todo = names if a.force else out_of_date(names)
-    print(f"{len(todo)} of {len(names)} stage(s) to run, {a.jobs} at a time, OMP_NUM_THREADS={a.threads}", flush=True)
-    if a.dry:
-        for n in todo:
-            print(f"{n}: {info[n]['cmd']}")
-        return 0
-    LOGS.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    timings_path = LOGS / "timings.json"
+def run_stages(todo: list[str], info: dict[str, dict], jobs: int, threads: int, logs: Path) -> list[str]:
+    "Run the stages' commands in PROJECT, `jobs` at a time; commit each that succeeds. The failed stages."
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    timings_path = logs / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     queue, running, failed = list(todo), {}, []
     while queue or running:
-        while queue and len(running) < a.jobs and not failed:
+        while queue and len(running) < jobs and not failed:
             n = queue.pop(0)
-            log = open(LOGS / f"{n.replace('@', '_')}.log", "w")
+            log = open(logs / f"{n.replace('@', '_')}.log", "w")
             running[n] = (
                 subprocess.Popen(
                     info[n]["cmd"],
                     shell=True,
-                    cwd=ROOT,
+                    cwd=PROJECT,
                     env=env,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -127,20 +128,57 @@ def main(argv=None) -> int:
             wall = time.time() - t0
             if p.returncode != 0:
                 failed.append(n)
-                print(
-                    f"FAILED {n} (exit {p.returncode}, {wall:.0f} s): see {LOGS / (n.replace('@', '_') + '.log')}",
-                    flush=True,
-                )
+                log_name = logs / f"{n.replace('@', '_')}.log"
+                print(f"FAILED {n} (exit {p.returncode}, {wall:.0f} s): see {log_name}", flush=True)
                 continue
             dvc("commit", "--force", n)
-            timings[n] = {"wall_s": round(wall, 1), "jobs": a.jobs, "threads": a.threads}
+            timings[n] = {"wall_s": round(wall, 1), "jobs": jobs, "threads": threads}
             tmp = timings_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(timings, indent=1))
             tmp.replace(timings_path)
             print(f"done {n} in {wall:.0f} s (committed)", flush=True)
         if failed:
             queue.clear()
-    return 1 if failed else 0
+    return failed
+
+
+def main(argv=None) -> int:
+    global PROJECT
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("targets", nargs="+", help="stage names or fnmatch patterns, e.g. 'rl@*'")
+    ap.add_argument("--jobs", type=int, default=2, help="stages run at once (default: 2)")
+    ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each stage command (default: 1)")
+    ap.add_argument("--force", action="store_true", help="run every target, even up-to-date or frozen ones")
+    ap.add_argument("--dry", action="store_true", help="print what would run")
+    ap.add_argument(
+        "--project",
+        default="",
+        help="folder of the DVC project to run, e.g. sweep (a nested project; relative to the current directory; "
+        "default: the project holding the current directory, as dvc finds it)",
+    )
+    a = ap.parse_args(argv)
+    if a.jobs < 1 or a.threads < 1:
+        raise SystemExit("error: --jobs and --threads must be >= 1")
+    PROJECT = project_dir(a.project)
+    names = stage_names(a.targets)
+    info = resolved(names)
+    upstream = sorted({u for n in names for u in info[n]["upstream"] if u not in names})
+    stale = out_of_date(upstream) if upstream else []
+    if stale:
+        raise SystemExit(
+            f"error: upstream stages are out of date: {', '.join(stale)} (run `dvc repro {' '.join(stale)}` first)"
+        )
+    todo = names if a.force else out_of_date(names)
+    where = "" if PROJECT == ROOT else f" in {PROJECT.relative_to(ROOT) if PROJECT.is_relative_to(ROOT) else PROJECT}"
+    print(
+        f"{len(todo)} of {len(names)} stage(s) to run{where}, {a.jobs} at a time, OMP_NUM_THREADS={a.threads}",
+        flush=True,
+    )
+    if a.dry:
+        for n in todo:
+            print(f"{n}: {info[n]['cmd']}")
+        return 0
+    return 1 if run_stages(todo, info, a.jobs, a.threads, logs_dir(PROJECT)) else 0
 
 
 if __name__ == "__main__":

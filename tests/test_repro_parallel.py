@@ -86,3 +86,34 @@ def test_a_failing_stage_is_not_recorded(project):
     r = script(project, "--jobs", "1", "leaf@*", check=False)
     assert r.returncode == 1 and "FAILED leaf@b" in r.stdout
     assert "leaf@b" in status(project) and "leaf@a" not in status(project)
+
+
+def test_project_runs_a_nested_dvc_project(project):
+    "--project DIR: stages of a nested DVC project (`dvc init --subdir`) run and are recorded in DIR's dvc.lock."
+    sub = project / "sub"
+    sub.mkdir()
+    run([str(BIN / "dvc"), "init", "--subdir", "-q"], sub)
+    (sub / "dvc.yaml").write_text(
+        textwrap.dedent("""\
+        stages:
+          copy:
+            foreach: [x, y]
+            do:
+              cmd: echo ${item} $OMP_NUM_THREADS > out_${item}.txt && cat ../src.txt >> out_${item}.txt
+              deps:
+                - ../src.txt
+              outs:
+                - out_${item}.txt
+        """)
+    )
+    r = script(project, "--project", "sub", "--jobs", "2", "copy@*")
+    assert "2 of 2 stage(s) to run in sub" in r.stdout, r.stdout
+    assert (sub / "out_x.txt").read_text() == "x 1\nhello\n" and (sub / "out_y.txt").read_text() == "y 1\nhello\n"
+    assert json.loads(run([str(BIN / "dvc"), "status", "--json"], sub).stdout or "{}") == {}
+    assert "copy@x" in (sub / "dvc.lock").read_text() and not (project / "dvc.lock").exists()
+    assert set(json.loads((project / "work" / "logs" / "sub" / "timings.json").read_text())) == {"copy@x", "copy@y"}
+    assert "0 of 2 stage(s) to run" in script(project, "--project", "sub", "copy@*").stdout
+    from_sub = run([sys.executable, str(project / "scripts" / SCRIPT.name), "--dry", "copy@*"], sub)
+    assert "0 of 2 stage(s) to run in sub" in from_sub.stdout, "run from sub/, the project is sub/ (as for dvc)"
+    bad = script(project, "--project", "nowhere", "copy@*", check=False)
+    assert bad.returncode != 0 and "is not a DVC project" in bad.stderr
