@@ -26,7 +26,12 @@ MARK = re.compile(r"(<!-- generated:(\w+) \(python scripts/readme_blocks.py\) --
 def results_block(results: Path) -> str:
     "Table 1 (toy rows and the paper's) and its verdicts, as the table notebook wrote them."
     md = (results / "table1_geneval" / "table1.md").read_text().splitlines()
-    table = [line for line in md if line.startswith("|")]
+    start = next((i for i, line in enumerate(md) if line.startswith("|")), len(md))
+    table = []
+    for line in md[start:]:  # the first table only (the split table below it is in the report)
+        if not line.startswith("|"):
+            break
+        table.append(line)
     claims = [line for line in md if line.startswith("- ")]
     if not table or not claims:
         raise SystemExit(f"{results / 'table1_geneval' / 'table1.md'}: no table or no verdicts in it")
