@@ -46,7 +46,7 @@ docs: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/docs.sh
 
 lab: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" jupyter lab nbs
+	PATH="$(CURDIR)/$(BIN):$$PATH" jupyter lab nbs $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 clean-venv:
 	rm -rf $(VENV)
