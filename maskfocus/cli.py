@@ -12,7 +12,7 @@ from .core import HelpFormatter, InputError, read_params, write_json_atomic
 
 # %% auto #0
 __all__ = ['cmd_prompts', 'cmd_render', 'cmd_judge', 'cmd_sample', 'cmd_evaluate', 'cmd_pretrain', 'cmd_train_clip',
-           'build_parser', 'main']
+           'missing_model_hint', 'build_parser', 'main']
 
 # %% ../nbs/03_cli.ipynb #33f25640
 def cmd_prompts(args):
@@ -143,6 +143,7 @@ def cmd_pretrain(args):
     from maskfocus.toy import world
 
     cfg = PretrainConfig.from_dict(read_params(args.params, args.section), file=args.params)
+    args.text_encoder = cfg.text_encoder or None  # a model folder too: `main` hints when it is missing
     pretrain(cfg, world.read_prompts(args.train), args.run, out=args.out, resume=not args.fresh)
     print(json.dumps({"out": str(args.out)}))
     return 0
@@ -157,6 +158,34 @@ def cmd_train_clip(args):
     )
     print(json.dumps({"out": str(args.out), "metrics": str(args.metrics)}))
     return 0
+
+# %% ../nbs/03_cli.ipynb #4e7454f4
+_MODEL_HINTS = {  # a model option -> (what to pass once `make demo` ran, the DVC stage, the folder it builds)
+    "--model": ("`--model demo/models/base` (trained: demo/rl/final)", "pretrain", "models/base"),
+    "--base": ("`--base demo/models/base`", "pretrain", "models/base"),
+    "--clip": ("`--clip demo/models/clip`", "train_clip", "models/clip"),
+    "text_encoder": ("`text_encoder: demo/models/clip`", "train_clip", "models/clip"),
+}
+
+
+def missing_model_hint(
+    err: InputError,  # the error a command raised
+    folders: dict,  # model option (a key of _MODEL_HINTS) -> the folder the command line gave it, or None
+) -> str | None:
+    "A line saying what to run when `err` names a model folder of the command line that does not exist, else None."
+    if err.file is None:
+        return None
+    bad = Path(err.file).resolve()
+    for opt, folder in folders.items():
+        if folder is None or opt not in _MODEL_HINTS or Path(folder).exists():
+            continue
+        if bad == Path(folder).resolve() or Path(folder).resolve() in bad.parents:
+            then, stage, built = _MODEL_HINTS[opt]
+            return (
+                "hint: a fresh clone has no models (they are DVC outputs): `make demo` trains small ones in demo/ "
+                f"(under 10 minutes on 2 cores; then {then}), or `dvc repro {stage}` builds the pipeline's {built}"
+            )
+    return None
 
 # %% ../nbs/03_cli.ipynb #ffaecef0
 def _add_prompts(sub):  # the subparsers
@@ -298,15 +327,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:  # arguments (default: sys.argv[1:])
-    "Run the `maskfocus` command line; input errors exit with status 2 and one clear line."
+    "Run the `maskfocus` command line; input errors exit with status 2, one clear line (a missing model: a hint)."
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:  # the trainer parses its own options (and handles its own errors)
         from maskfocus.rl.command import train_main
 
-        return train_main(argv[1:])
+        return train_main(argv[1:], hint=missing_model_hint)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
+        hint = missing_model_hint(e, {o: getattr(args, o.strip("-"), None) for o in _MODEL_HINTS})
+        if hint:
+            print(hint, file=sys.stderr)
         return 2

@@ -158,10 +158,56 @@ def test_sample_writes_geneval_layout_that_judge_reads(tmp_path, run_cli):
 
 
 def test_sample_missing_model_is_one_clear_error(tmp_path, run_cli):
+    "One error line, then the hint of a missing model folder (see test_missing_model_says_what_to_run)."
     meta = small_metadata(tmp_path, 2)
     r = run_cli("sample", "--model", tmp_path / "nope", "--metadata", meta, "--out", tmp_path / "gen")
-    assert r.returncode == 2 and r.stderr.strip() == f"error: {tmp_path / 'nope'}: model folder not found"
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and lines[0] == f"error: {tmp_path / 'nope'}: model folder not found", r.stderr
+    assert len(lines) == 2 and lines[1].startswith("hint: ")
     assert not (tmp_path / "gen").exists()
+
+
+@pytest.mark.parametrize(
+    "command, then, stage",
+    [
+        (["sample", "--model", "{missing}", "--metadata", "{meta}", "--out", "{tmp}/o"], "--model demo/", "pretrain"),
+        (["evaluate", "--model", "{missing}", "--metadata", "{meta}", "--out", "{tmp}/o"], "--model demo/", "pretrain"),
+        (["train", "--base", "{missing}", "--out", "{tmp}/o"], "--base demo/models/base", "pretrain"),
+        (
+            ["evaluate", "--model", "{tmp}/model", "--clip", "{missing}", "--metadata", "{meta}", "--out", "{tmp}/o"],
+            "--clip demo/models/clip",
+            "train_clip",
+        ),
+        (
+            ["pretrain", "--params", "{tmp}/p.yaml", "--run", "{tmp}/r", "--out", "{tmp}/o"],
+            "text_encoder: demo/",
+            "train_clip",
+        ),
+    ],
+)
+def test_missing_model_says_what_to_run(tmp_path, run_cli, command, then, stage):
+    "A fresh clone has no models (DVC outputs): a model command whose model folder is missing names `make demo`."
+    from maskfocus.toy.pipeline import toy_pipeline
+
+    if "{tmp}/model" in command:
+        toy_pipeline(dim=32, heads=2, layers=1, single_layers=1, text_dim=32, text_layers=1).save(tmp_path / "model")
+    (tmp_path / "p.yaml").write_text(f"pretrain:\n  steps: 1\n  text_encoder: {tmp_path / 'missing'}\n")
+    fill = {"{missing}": str(tmp_path / "missing"), "{meta}": str(small_metadata(tmp_path, 2)), "{tmp}": str(tmp_path)}
+    argv = [next((a.replace(k, v) for k, v in fill.items() if k in a), a) for a in command]
+    r = run_cli(*argv)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and lines[-2].startswith(f"error: {tmp_path / 'missing'}"), r.stderr
+    assert lines[-1].startswith("hint: ") and "`make demo`" in lines[-1] and f"`dvc repro {stage}`" in lines[-1]
+    assert then in lines[-1] and not (tmp_path / "o").exists()
+
+
+def test_no_hint_when_the_model_folder_exists(tmp_path, run_cli):
+    "A model folder that exists but is broken is not a fresh clone's missing model: the error line only."
+    (tmp_path / "model").mkdir()
+    meta = small_metadata(tmp_path, 2)
+    r = run_cli("sample", "--model", tmp_path / "model", "--metadata", meta, "--out", tmp_path / "gen")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
 
 
 def test_evaluate_per_tag_balances_an_unequal_prompt_file(tmp_path, run_cli):

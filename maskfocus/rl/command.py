@@ -122,8 +122,11 @@ def config_from_args(args) -> RLConfig:  # parsed `build_train_parser` arguments
     return make_config(preset, {**section, **sets}, file="--set" if sets else file)
 
 
-def train_main(argv: Sequence[str] | None = None) -> int:  # arguments (default: sys.argv[1:])
-    "Entry point of `maskfocus train`; input errors exit with status 2 and one clear line."
+def train_main(
+    argv: Sequence[str] | None = None,  # arguments (default: sys.argv[1:])
+    hint=None,  # (error, {"--base": folder}) -> a line to print after an input error, or None (the CLI's model hint)
+) -> int:
+    "Entry point of `maskfocus train`; input errors exit with status 2 and one clear line (and the hint's, if any)."
     from maskfocus.rl.trainer import train
 
     args = build_train_parser().parse_args(argv)
@@ -143,6 +146,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:  # arguments (default:
         )
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
+        line = hint(e, {"--base": args.base}) if hint else None
+        if line:
+            print(line, file=sys.stderr)
         return 2
     if s["rank"] == 0:
         last = s["history"][-1] if s["history"] else {}
