@@ -189,7 +189,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                        'maskfocus.models.text.TextEncoder': ('models/text.html#textencoder', 'maskfocus/models/text.py'),
                                        'maskfocus.models.text.TextEncoder.__call__': ( 'models/text.html#textencoder.__call__',
                                                                                        'maskfocus/models/text.py'),
-                                       'maskfocus.models.text._bpe_folder': ('models/text.html#_bpe_folder', 'maskfocus/models/text.py'),
+                                       'maskfocus.models.text._bpe_files': ('models/text.html#_bpe_files', 'maskfocus/models/text.py'),
                                        'maskfocus.models.text.clip_tokenizer': ( 'models/text.html#clip_tokenizer',
                                                                                  'maskfocus/models/text.py')},
             'maskfocus.models.tokenizer': { 'maskfocus.models.tokenizer.Tokenizer': ( 'models/tokenizer.html#tokenizer',

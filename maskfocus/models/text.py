@@ -29,17 +29,15 @@ class TextEncoder(Protocol):
 
 # %% ../../nbs/models/05_text.ipynb #f0fe4a7d
 @functools.lru_cache(maxsize=None)
-def _bpe_folder() -> str:
+def _bpe_files() -> tuple[str, str]:
+    "open_clip's shipped BPE as transformers' (vocab.json, merges.txt) texts (built once per process)."
     from open_clip.tokenizer import SimpleTokenizer
 
     t = SimpleTokenizer()
     rename = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
     vocab = {rename.get(k, k): v for k, v in t.encoder.items()}
     merges = [" ".join(pair) for pair, _ in sorted(t.bpe_ranks.items(), key=lambda kv: kv[1])]
-    d = Path(tempfile.mkdtemp(prefix="maskfocus-clip-bpe-"))
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return str(d)
+    return json.dumps(vocab), "#version: 0.2\n" + "\n".join(merges) + "\n"
 
 
 def clip_tokenizer(
@@ -54,8 +52,14 @@ def clip_tokenizer(
         if not Path(folder).is_dir():
             raise InputError("tokenizer folder not found", file=folder)
         return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True, model_max_length=max_length)
-    d = Path(_bpe_folder())
-    return CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"), model_max_length=max_length, pad_token=pad_token)
+    vocab, merges = _bpe_files()
+    with tempfile.TemporaryDirectory(prefix="maskfocus-clip-bpe-") as tmp:  # removed once the tokenizer has read it
+        d = Path(tmp)
+        (d / "vocab.json").write_text(vocab)
+        (d / "merges.txt").write_text(merges)
+        return CLIPTokenizer(
+            str(d / "vocab.json"), str(d / "merges.txt"), model_max_length=max_length, pad_token=pad_token
+        )
 
 # %% ../../nbs/models/05_text.ipynb #894d7ecd
 class CLIPTextEncoder(nn.Module):

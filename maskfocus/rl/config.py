@@ -218,7 +218,11 @@ class RLConfig:
         ),
     )
     grad_clip: float = field(
-        default=1.0, metadata=_help("max gradient norm (MaskFocus: HF default 1.0; MaskGRPO: 0.2); 0 disables")
+        default=1.0,
+        metadata=_help(
+            "max gradient norm (MaskFocus: HF default 1.0; MaskGRPO: 0.2; the toy recipe in params.yaml: 0.5); "
+            "0 disables"
+        ),
     )
     warmup: int = field(default=0, metadata=_help("linear warm-up optimizer steps (MaskFocus: none; Mask-GRPO: 1000)"))
     lr_schedule: str = field(

@@ -144,9 +144,9 @@ def grpo_loss(
     mask: torch.Tensor,  # [B, HW] bool scored positions (StepBatch.score_mask)
     logp_ref: torch.Tensor | None = None,  # [B, HW] frozen reference log-probs (None: no KL term)
     beta: float = 0.01,  # KL weight (MaskFocus / MaskGRPO 0.01; Mask-GRPO 0)
-    clip: tuple[float, float] | None = (0.2, 0.2),  # ratio clipped to [1-eps_low, 1+eps_high]; None: no clipping
+    clip: tuple[float, float] | None = None,  # ratio clipped to [1-eps_low, 1+eps_high]; None: none (MaskFocus)
     ratio_level: Literal["token", "step"] = "token",  # per-token ratio, or one ratio per sample (sum of log-ratios)
-    token_mean: Literal["batch", "sample"] = "batch",  # how token terms are averaged, see `masked_mean`
+    token_mean: Literal["batch", "sample"] = "sample",  # token averaging, see `masked_mean` (MaskFocus: sample)
     logits: torch.Tensor | None = None,  # [B, V, H, W] the step's logits, for the entropy statistic only
     max_log_ratio: float = 20.0,  # log-ratios are clamped to +-this before exp (overflow guard)
 ) -> tuple[torch.Tensor, dict]:  # (scalar loss, stats)

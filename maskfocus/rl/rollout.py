@@ -45,7 +45,10 @@ class DRConfig:
     )
     T: float = field(
         default=2.5,
-        metadata={"help": "exploration temperature scale in T*exp(-H/alpha)+theta (paper Eq. 8; code value 2.5)"},
+        metadata={
+            "help": "exploration temperature scale in T*exp(-H/alpha)+theta (paper Eq. 8; code value 2.5; "
+            "the toy recipe in params.yaml: 1.5)"
+        },
     )
     alpha: float = field(default=3.0, metadata={"help": "entropy scale alpha in T*exp(-H/alpha)+theta (code value 3)"})
     theta: float = field(
