@@ -36,9 +36,22 @@ def _umask() -> int:
     return u
 
 
+def _fsync_dir(path: Path):  # a folder: its entries (new names, renames) reach the disk
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder: nothing more can be done there
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike):  # final path of the file
-    "Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."
+    "Yield a temporary path beside `path`; fsync it and rename it onto `path` only if the block succeeds."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -50,6 +63,7 @@ def atomic_write(path: str | os.PathLike):  # final path of the file
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -66,20 +80,30 @@ def write_json_atomic(path: str | os.PathLike, obj, indent: int | None = 2):  # 
     write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
 
 # %% ../nbs/00_core.ipynb #55b1901a
+def _fsync_tree(folder: Path):  # every file, then every folder (children before parents), under `folder`
+    for root, _, files in os.walk(folder, topdown=False):
+        for f in files:
+            with open(os.path.join(root, f), "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(Path(root))
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike):  # final folder path
-    "Yield a temporary folder beside `path`; swap it in for `path` only if the block succeeds."
+    "Yield a temporary folder beside `path`; fsync it and swap it in for `path` only if the block succeeds."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        _fsync_tree(tmp)  # the files and folders are on disk before the rename makes them visible
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old.{os.getpid()}")
             os.replace(path, old)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old)
     finally:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_runs.ipynb #4d8a3482
 from __future__ import annotations
-import csv, io, json, math, random, re, shutil
+import csv, hashlib, io, json, math, os, random, re, shutil, sys, tempfile
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -16,7 +16,8 @@ from .core import InputError, atomic_dir, write_text_atomic
 
 # %% auto #0
 __all__ = ['optimizer_to_tensors', 'optimizer_from_tensors', 'rng_state', 'set_rng_state', 'save_checkpoint', 'list_checkpoints',
-           'load_checkpoint', 'clean_stale', 'resume_from', 'truncate_dvclive', 'lr_lambda']
+           'load_checkpoint', 'checkpoint_problem', 'clean_stale', 'folder_identity', 'resume_from', 'truncate_dvclive',
+           'lr_lambda']
 
 # %% ../nbs/02_runs.ipynb #67f86b62
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:  # any torch optimizer
@@ -107,7 +108,7 @@ def save_checkpoint(
     extra: dict | None = None,  # any JSON-able state (data position, config, metrics)
     keep: int = 2,  # how many most recent checkpoints to keep (0: all)
 ) -> Path:
-    "Write a complete training checkpoint atomically; return its folder."
+    "Write a complete training checkpoint atomically (files and folder fsynced before the rename); return its folder."
     final = Path(run_dir) / "checkpoints" / f"step_{step:07d}"
     weights = {f"{n}.{k}": v.detach().contiguous().cpu() for n, m in modules.items() for k, v in m.state_dict().items()}
     rng_t, rng_j = rng_state(generators)
@@ -123,8 +124,14 @@ def save_checkpoint(
         (tmp / "state.json").write_text(json.dumps(state))
     if keep:
         for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     return final
+
+
+def _remove(folder: Path):  # renamed away first: a kill mid-deletion leaves a hidden .step_* that clean_stale removes
+    gone = tempfile.mkdtemp(prefix=f".{folder.name}.del.", dir=folder.parent)
+    os.replace(folder, gone)  # onto an empty folder: allowed
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def _jsonable(v):
@@ -148,7 +155,7 @@ def list_checkpoints(run_dir) -> list[Path]:  # the run folder
 
 
 def load_checkpoint(
-    folder,  # a checkpoint folder (or a run folder: its latest checkpoint)
+    folder,  # a checkpoint folder (or a run folder: its latest intact checkpoint)
     modules: Mapping[str, torch.nn.Module],
     optimizer: torch.optim.Optimizer | None = None,
     scheduler=None,
@@ -156,11 +163,13 @@ def load_checkpoint(
 ) -> dict:
     "Restore a checkpoint into the given objects; return its state (step, extra, ...)."
     folder = Path(folder)
-    if not (folder / "state.json").is_file():
-        cks = list_checkpoints(folder)
+    if not (folder / "state.json").is_file() and not _STEP_DIR.fullmatch(folder.name):
+        cks = [ck for ck in list_checkpoints(folder) if checkpoint_problem(ck) is None]
         if not cks:
-            raise InputError("no checkpoint found", file=folder)
+            raise InputError("no intact checkpoint found", file=folder)
         folder = cks[-1]
+    if (problem := checkpoint_problem(folder)) is not None:
+        raise InputError(f"unusable checkpoint: {problem}", file=folder)
     state = json.loads((folder / "state.json").read_text())
     w = load_file(folder / "weights.safetensors")
     for n, m in modules.items():
@@ -180,14 +189,72 @@ def load_checkpoint(
     set_rng_state(ot, state["rng"], generators)
     return state
 
+# %% ../nbs/02_runs.ipynb #cacc4d8d
+_FILES = ("state.json", "weights.safetensors", "optimizer.safetensors")  # what a checkpoint folder holds
+
+
+def checkpoint_problem(folder) -> str | None:  # a checkpoint folder
+    "What makes a checkpoint unusable (a file missing, truncated or malformed), or None; reads no tensor."
+    folder = Path(folder)
+    for name in _FILES:
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+    try:
+        state = json.loads((folder / "state.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        return f"state.json is not valid JSON ({type(e).__name__}: {str(e).splitlines()[0]})"
+    if not isinstance(state, dict) or not {"step", "rng", "extra"} <= set(state):
+        return "state.json lacks step, rng or extra"
+    if (m := _STEP_DIR.fullmatch(folder.name)) and state["step"] != int(m.group(1)):
+        return f"state.json says step {state['step']}"
+    for name in _FILES[1:]:
+        if (p := _safetensors_problem(folder / name)) is not None:
+            return f"{name} {p}"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:  # from the header and the size alone
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little") if size >= 8 else -1
+        if n < 0 or 8 + n > size:
+            return f"is truncated ({size} bytes: the header is incomplete)"
+        try:
+            head = json.loads(f.read(n))
+            end = max((v["data_offsets"][1] for k, v in head.items() if k != "__metadata__"), default=0)
+        except (ValueError, UnicodeDecodeError, TypeError, KeyError, IndexError, AttributeError):
+            return "has a malformed header"
+    if 8 + n + end != size:
+        return f"is {'truncated' if size < 8 + n + end else 'too long'} ({size} of {8 + n + end} bytes)"
+    return None
+
 # %% ../nbs/02_runs.ipynb #09b81bd1
 def clean_stale(run_dir: Path):  # the run folder (holds checkpoints/)
-    "Remove temporary folders left by a checkpoint write that was killed."
+    "Remove the hidden folders a killed checkpoint write or deletion leaves behind (`.step_*`)."
     d = Path(run_dir) / "checkpoints"
     if d.is_dir():
         for p in d.iterdir():
             if p.name.startswith(".step_") and p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
+
+# %% ../nbs/02_runs.ipynb #c910cbdd
+def folder_identity(folder: str | os.PathLike) -> dict:  # a model folder (weights, configs, tokenizer files)
+    "{'folder', 'files', 'sha256'}: a hash of the relative paths, sizes and bytes of a folder's files."
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError("not a folder", file=folder)
+    h, n = hashlib.sha256(), 0
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(x for x in dirs if not x.startswith("."))  # visited in this order
+        for f in sorted(x for x in files if not x.startswith(".")):
+            p = Path(root) / f
+            rel = p.relative_to(folder).as_posix().encode()
+            h.update(len(rel).to_bytes(8, "little") + rel + p.stat().st_size.to_bytes(8, "little"))
+            with open(p, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+            n += 1
+    return {"folder": str(folder), "files": n, "sha256": h.hexdigest()}
 
 # %% ../nbs/02_runs.ipynb #bdfca68b
 def resume_from(
@@ -196,9 +263,10 @@ def resume_from(
     resume: bool | str = True,  # True: continue or refuse another config; "auto": or start over; False: start over
     main: bool = True,  # whether this is the main process (the only one that deletes)
     barrier: Callable[[], None] | None = None,  # called after deletions so that all processes see the same folder
-    name: str = "train",  # prefix of the printed message
+    name: str = "train",  # prefix of the printed messages
+    identity: dict | None = None,  # {input: folder_identity} the run would save as extra.identity (None: unchecked)
 ) -> Path | None:  # the checkpoint folder to load, or None for a fresh start
-    "Which checkpoint a run continues from: clean stale folders, then resume, start over or refuse by fingerprint."
+    "Which checkpoint a run continues from: drop stale and corrupt ones, then resume, start over or refuse."
     run_dir, wait = Path(run_dir), barrier or (lambda: None)
     if resume not in (True, False, "auto"):
         raise InputError(f"resume must be True, False or 'auto', got {resume!r}", field="resume")
@@ -206,17 +274,21 @@ def resume_from(
         if not resume and (run_dir / "checkpoints").is_dir():
             shutil.rmtree(run_dir / "checkpoints")  # a fresh start must not resume old ones later
         clean_stale(run_dir)
+        _drop_corrupt(run_dir, name)
     wait()
     if resume == "auto" and list_checkpoints(run_dir):
-        if _saved_config(list_checkpoints(run_dir)[-1]) != fingerprint:
+        ck = list_checkpoints(run_dir)[-1]
+        why = "another configuration" if _saved(ck, "config") != fingerprint else None
+        why = why or ((c := _identity_change(ck, identity)) and c[1])
+        if why:
             if main:
-                print(f"{name}: the checkpoints in {run_dir} are of another configuration: starting over", flush=True)
+                print(f"{name}: the checkpoints in {run_dir} are of {why}: starting over", flush=True)
                 shutil.rmtree(run_dir / "checkpoints")
             wait()
     if not (resume and list_checkpoints(run_dir)):
         return None
     ck = list_checkpoints(run_dir)[-1]
-    saved = _saved_config(ck)
+    saved = _saved(ck, "config")
     if saved != fingerprint:
         diff = sorted(k for k in set(saved or {}) | set(fingerprint) if (saved or {}).get(k) != fingerprint.get(k))
         raise InputError(
@@ -225,11 +297,45 @@ def resume_from(
             file=ck / "state.json",
             field=diff[0] if diff else None,
         )
+    if (change := _identity_change(ck, identity)) is not None:
+        msg = f"the checkpoint was made with {change[1]}; use the same {change[0]}, another --out or --fresh"
+        raise InputError(msg, file=ck / "state.json", field=change[0])
+    unrecorded = [k for k in identity or {} if k not in (_saved(ck, "identity") or {})]
+    if unrecorded and main:
+        print(
+            f"{name}: {ck} records no identity of its {', '.join(unrecorded)} (an older checkpoint): resuming "
+            "without checking it",
+            flush=True,
+        )
     return ck
 
 
-def _saved_config(ck: Path):  # a checkpoint folder
-    return json.loads((ck / "state.json").read_text()).get("extra", {}).get("config")
+def _saved(ck: Path, key: str):  # extra[key] of a checkpoint folder
+    return json.loads((ck / "state.json").read_text()).get("extra", {}).get(key)
+
+
+def _identity_change(ck: Path, identity: dict | None) -> tuple[str, str] | None:  # (input, "another base: ...")
+    saved = _saved(ck, "identity") or {}
+    for k, new in (identity or {}).items():
+        old = saved.get(k)
+        if old is not None and old.get("sha256") != new.get("sha256"):
+            return k, (
+                f"another {k}: {old.get('folder')} (sha256 {str(old.get('sha256'))[:12]}) then, "
+                f"{new.get('folder')} (sha256 {str(new.get('sha256'))[:12]}) now"
+            )
+    return None
+
+
+def _drop_corrupt(run_dir: Path, name: str):  # newest first, until an intact checkpoint
+    d = Path(run_dir) / "checkpoints"
+    steps = [p for p in d.iterdir() if p.is_dir() and _STEP_DIR.fullmatch(p.name)] if d.is_dir() else []
+    for ck in sorted(steps, reverse=True):
+        if (problem := checkpoint_problem(ck)) is None:
+            return
+        print(
+            f"warning: {name}: checkpoint {ck} is unusable, skipped and removed: {problem}", file=sys.stderr, flush=True
+        )
+        _remove(ck)
 
 # %% ../nbs/02_runs.ipynb #3f59194d
 def truncate_dvclive(

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/rl/10_state.ipynb #21956b64
 from __future__ import annotations
-import copy, shutil, sys, time
+import copy, json, shutil, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -12,8 +12,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..core import InputError, write_json_atomic
-from ..runs import list_checkpoints, load_checkpoint, lr_lambda, resume_from, truncate_dvclive
+from ..core import InputError, atomic_dir, write_json_atomic
+from ..runs import folder_identity, list_checkpoints, load_checkpoint, lr_lambda, resume_from
+from ..runs import truncate_dvclive
 from .budgets import derived_budgets, format_budgets, layout_segments
 from .config import RLConfig
 from .logprob import make_estimator
@@ -22,8 +23,8 @@ from .pieces import prompt_weights, read_prompts
 from .rewards import make_reward
 
 # %% auto #0
-__all__ = ['REFERENCE_COPIES', 'PROGRESS_EVERY', 'make_reference', 'Run', 'setup', 'resume_run', 'open_run',
-           'warn_constant_reward', 'progress_line', 'finish']
+__all__ = ['REFERENCE_COPIES', 'PROGRESS_EVERY', 'PER_CALL', 'make_reference', 'Run', 'run_identity', 'setup', 'resume_run',
+           'open_run', 'warn_constant_reward', 'progress_line', 'summary_metrics', 'checkpoint_extra', 'finish']
 
 # %% ../../nbs/rl/10_state.ipynb #8121c536
 REFERENCE_COPIES = 0  # how many reference models this process has built (tests: none when beta == 0)
@@ -69,6 +70,8 @@ class Run:
     first_update: bool = True  # the next update is this call's first
     last_ck: Path | None = None  # the last checkpoint this call wrote
     warned_constant: bool = False  # the constant-reward warning was printed (once per call)
+    identity: dict = field(default_factory=dict)  # {input: folder_identity} of the base and reward models
+    last: dict | None = None  # the summary's metrics of the checkpoint resumed from (summary_metrics)
 
     W = property(lambda self: self.acc.num_processes, doc="processes")
     rank = property(lambda self: self.acc.process_index, doc="this process's index")
@@ -115,6 +118,18 @@ def _check_group_size(cfg: RLConfig):
         )
 
 
+def run_identity(
+    cfg: RLConfig,  # the run's configuration (its reward and clip_model)
+    base: str | Path,  # the base pipeline folder
+    reward_fn: Callable | None = None,  # a reward replacing make_reward(cfg.reward): its models are unknown here
+) -> dict:
+    "What the checkpoints record of the run's inputs: the base folder's identity, and the CLIP folder of a clip reward."
+    ids = {"base": folder_identity(base)}
+    if reward_fn is None and "clip" in cfg.reward and cfg.clip_model and Path(cfg.clip_model).is_dir():
+        ids["clip_model"] = folder_identity(cfg.clip_model)
+    return ids
+
+
 def setup(
     cfg: RLConfig,  # the run's configuration
     base: str | Path,  # the base pipeline folder (MaskedPipeline.load)
@@ -141,6 +156,7 @@ def setup(
     reference = make_reference(pipe.transformer) if cfg.beta > 0 else None
     est = make_estimator(cfg.estimator, mask_id=int(pipe.transformer.mask_token_id), **cfg.estimator_knobs())
     reward = reward_fn if reward_fn is not None else _make_reward(cfg)
+    identity = run_identity(cfg, base, reward_fn)
     params = [p for p in pipe.transformer.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.iterations * cfg.mu, cfg.warmup, cfg.lr_schedule))
@@ -149,6 +165,7 @@ def setup(
         *(cfg, acc, pipe, reference, est, reward, opt, sched, metas, weights, budgets, Path(out), rng),
         report=report,
         debug_grads_path=debug_grads_path,
+        identity=identity,
     )
 
 # %% ../../nbs/rl/10_state.ipynb #846af801
@@ -156,10 +173,11 @@ def resume_run(
     s: Run,  # from setup
     resume: bool | str = True,  # True: continue (refuse another config); False: start over; "auto": either
 ) -> int:  # the first iteration to run
-    "Load the checkpoint the run continues from, if any (`maskfocus.runs.resume_from`)."
-    ck = resume_from(s.run_dir, s.cfg.fingerprint(), resume, s.main, s.acc.wait_for_everyone)
+    "Load the checkpoint the run continues from, if any: same config and base, newest intact (`runs.resume_from`)."
+    ck = resume_from(s.run_dir, s.cfg.fingerprint(), resume, s.main, s.acc.wait_for_everyone, identity=s.identity)
     if ck is not None:
-        s.start = load_checkpoint(ck, {"transformer": s.pipe.transformer}, s.opt, s.sched, s.gens)["step"]
+        st = load_checkpoint(ck, {"transformer": s.pipe.transformer}, s.opt, s.sched, s.gens)
+        s.start, s.last = st["step"], st["extra"].get("last")
     return s.start
 
 # %% ../../nbs/rl/10_state.ipynb #3631f7a5
@@ -229,7 +247,45 @@ def progress_line(
     print(line, flush=True)
     return line
 
+# %% ../../nbs/rl/10_state.ipynb #bcdc694b
+PER_CALL = ("time/",)  # metric prefixes measured by the call that ran the iteration: not in train_summary.json
+
+
+def summary_metrics(met: dict) -> dict:  # an iteration's metrics (a history entry)
+    "The metrics of an iteration that its seed and configuration fix: all but the wall times (`PER_CALL`)."
+    return {k: v for k, v in met.items() if not k.startswith(PER_CALL)}
+
+
+def checkpoint_extra(
+    s: Run,  # the run
+    it: int,  # 0-based iteration just finished
+    met: dict[str, float],  # its metrics
+) -> dict:
+    "What an RL checkpoint records besides the state: fingerprint, input identities, the summary's last metrics."
+    return {
+        "iteration": it + 1,
+        "config": s.cfg.fingerprint(),
+        "world_size": s.W,
+        "reward_mean": met.get("reward/mean"),
+        "identity": s.identity,
+        "last": summary_metrics({"iteration": it + 1, **met}),
+    }
+
 # %% ../../nbs/rl/10_state.ipynb #1a11e555
+def _summary_last(s: Run) -> dict | None:
+    "The last iteration's metrics: this call's, else its checkpoint's, else (an older checkpoint) the old summary's."
+    if s.history:
+        return summary_metrics(s.history[-1])
+    if s.last is not None:
+        return s.last
+    try:
+        old = json.loads((s.out / "train_summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = old.get("config") == json.loads(json.dumps(s.cfg.to_dict())) and old.get("iterations") == s.end
+    return summary_metrics(old["last"]) if same and isinstance(old.get("last"), dict) else None
+
+
 def finish(
     s: Run,  # the run after its iterations
     t_start: float,  # perf_counter when the call began
@@ -240,10 +296,10 @@ def finish(
         final = s.out / "final"
         if s.main:
             p = s.pipe
-            MaskedPipeline(s.acc.unwrap_model(s.model), p.text_encoder, p.tokenizer, p.sampling).save(final)
-            last = s.history[-1] if s.history else None
+            with atomic_dir(final) as tmp:  # a kill leaves the old final/ (or none) or the complete new one
+                MaskedPipeline(s.acc.unwrap_model(s.model), p.text_encoder, p.tokenizer, p.sampling).save(tmp)
             summary = {"config": s.cfg.to_dict(), "iterations": s.end, "world_size": s.W, "budgets": s.budgets}
-            summary["last"] = last
+            summary["last"] = _summary_last(s)
             write_json_atomic(s.out / "train_summary.json", summary)
             if s.report is not None:
                 write_json_atomic(Path(s.report) / "train_summary.json", summary)

@@ -24,7 +24,7 @@ from .pieces import step_hist, tag_counts, unit_generator
 from .rewards import reward_metrics
 from .rollout import rollout
 from .state import Run, finish, make_reference, open_run, progress_line, resume_run, setup  # noqa: F401
-from .state import warn_constant_reward
+from .state import checkpoint_extra, warn_constant_reward
 
 # %% auto #0
 __all__ = ['EVALUATORS', 'UPDATE_STATS', 'REDUCE', 'iteration_prompts', 'Rollouts', 'roll_out', 'Scores', 'score', 'advantages',
@@ -352,19 +352,14 @@ def log_metrics(
 def checkpoint(
     s: Run,  # the run
     it: int,  # 0-based iteration just finished
-    met: dict[str, float],  # its metrics (reward/mean goes into the checkpoint)
+    met: dict[str, float],  # its metrics (the checkpoint records them: state.checkpoint_extra)
 ):
     "Every `checkpoint_every` iterations and after this call's last one: save the run's state (main process)."
     cfg = s.cfg
     if not ((cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0) or it + 1 == s.end):
         return
     if s.main:
-        extra = {
-            "iteration": it + 1,
-            "config": cfg.fingerprint(),
-            "world_size": s.W,
-            "reward_mean": met.get("reward/mean"),
-        }
+        extra = checkpoint_extra(s, it, met)
         modules = {"transformer": s.acc.unwrap_model(s.model)}
         s.last_ck = save_checkpoint(
             s.run_dir, it + 1, modules, s.opt, s.sched, s.gens, extra=extra, keep=cfg.keep_checkpoints
