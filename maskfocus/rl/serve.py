@@ -7,7 +7,6 @@ from __future__ import annotations
 import json, threading
 
 from ..core import HelpFormatter, InputError, resolve
-from .reward_server import serve_reward
 
 # %% auto #0
 __all__ = ['load_reward', 'serve_command', 'add_serve_parser']
@@ -40,6 +39,8 @@ def serve_command(args) -> int:  # the parsed options of `maskfocus serve-reward
     import signal
 
     from PIL import Image
+
+    from maskfocus.rl.reward_server import serve_reward  # here: `maskfocus --help` needs no numpy
 
     for k in ("max_images", "max_side", "max_connections", "timeout"):
         if not getattr(args, k) > 0:
