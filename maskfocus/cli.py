@@ -323,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(sub)
     _add_train_clip(sub)
     _add_train(sub)
+    from maskfocus.rl.serve import add_serve_parser  # serve-reward: its options and runner live in rl.serve
+
+    add_serve_parser(sub)
     return p
 
 

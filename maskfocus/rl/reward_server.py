@@ -4,7 +4,7 @@
 
 # %% ../../nbs/rl/03_reward_server.ipynb #4fadf798
 from __future__ import annotations
-import base64, binascii, io, ipaddress, json, math, socket, threading, urllib.error, urllib.request
+import base64, binascii, contextlib, io, ipaddress, json, math, socket, sys, threading, urllib.error, urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Sequence
 
@@ -14,8 +14,8 @@ from ..core import InputError
 from .rewards import check_batch
 
 # %% auto #0
-__all__ = ['RewardServerError', 'encode_images', 'decode_images', 'encode_request', 'decode_request', 'jsonable', 'is_loopback',
-           'RewardServer', 'serve_reward', 'RemoteReward']
+__all__ = ['RewardServerError', 'encode_images', 'png_size', 'decode_images', 'encode_request', 'decode_request', 'jsonable',
+           'is_loopback', 'RewardServer', 'serve_reward', 'RemoteReward']
 
 # %% ../../nbs/rl/03_reward_server.ipynb #69c2ac92
 class RewardServerError(RuntimeError):
@@ -38,20 +38,43 @@ def encode_images(
     return out
 
 
+def _too_large(msg: str, field: str) -> InputError:  # an `InputError` the server answers with 413
+    e = InputError(msg, field=field)
+    e.status = 413
+    return e
+
+
+def png_size(raw: bytes) -> tuple[int, int] | None:  # the bytes of a file
+    "(width, height) read from a PNG's header (its IHDR chunk), without decoding; None if `raw` is not a PNG."
+    if len(raw) < 24 or raw[:8] != b"\x89PNG\r\n\x1a\n" or raw[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+
+
 def decode_images(
     items: Sequence[str],  # base64 PNG strings
+    max_images: int | None = None,  # refuse more images than this (None: no limit)
+    max_side: int | None = None,  # refuse, from its header and before decoding, an image wider or taller than this
 ) -> np.ndarray:
     "uint8 [B,H,W,3] from base64 PNG strings; anything else is an `InputError` naming `images[i]`."
     from PIL import Image
 
     if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
         raise InputError("expected a list of base64 PNG strings", field="images")
+    if max_images is not None and len(items) > max_images:
+        raise _too_large(f"{len(items)} images, more than the server's limit of {max_images}", "images")
     out = []
     for i, s in enumerate(items):
         try:
             raw = base64.b64decode(s, validate=True)
         except (binascii.Error, ValueError) as e:
             raise InputError(f"not valid base64 ({e})", field=f"images[{i}]") from None
+        size = png_size(raw)
+        if size is None:
+            raise InputError("not a PNG image (no PNG header)", field=f"images[{i}]")
+        if max_side is not None and max(size) > max_side:
+            msg = f"a {size[0]}x{size[1]} image, larger than the server's limit of {max_side} pixels a side"
+            raise _too_large(msg, f"images[{i}]")
         try:
             with Image.open(io.BytesIO(raw), formats=["PNG"]) as im:
                 x = np.asarray(im.convert("RGB"))
@@ -81,12 +104,14 @@ def encode_request(
 
 def decode_request(
     body: bytes,  # the JSON body of a reward request
+    max_images: int | None = None,  # refuse more images than this (None: no limit)
+    max_side: int | None = None,  # refuse an image wider or taller than this (None: no limit)
 ) -> tuple[np.ndarray, list[str], list[dict] | None]:
     "(images, prompts, metadata) of a reward request; a malformed one is an `InputError` naming the field."
     try:
         d = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"the body is not valid JSON ({e})", field="body") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, too many digits; deep nesting
+        raise InputError(f"the body is not valid JSON ({type(e).__name__}: {str(e)[:200]})", field="body") from None
     if not isinstance(d, dict):
         raise InputError(f"expected a JSON object, got {type(d).__name__}", field="body")
     unknown = sorted(set(d) - {"images", "prompts", "metadata"})
@@ -101,7 +126,7 @@ def decode_request(
         raise InputError("expected a list of strings", field="prompts")
     if d.get("metadata") is not None and not isinstance(d["metadata"], list):
         raise InputError("expected a list of objects", field="metadata")
-    images = decode_images(d["images"])
+    images = decode_images(d["images"], max_images, max_side)
     return check_batch(images, d["prompts"], d.get("metadata"))
 
 
@@ -134,9 +159,17 @@ def is_loopback(host: str) -> bool:  # an IP address or host name
         return False
 
 
+_PATHS = "POST / to score, GET /health"
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "maskfocus-reward/1"
     protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.1"  # a garbled request line still gets a status line (400)
+
+    def setup(self):
+        self.timeout = self.server.read_timeout  # every read and write of this connection: a slow client is cut off
+        super().setup()
 
     def _send(self, status: int, obj: dict):
         body = json.dumps(obj, allow_nan=False).encode()
@@ -151,42 +184,46 @@ class _Handler(BaseHTTPRequestHandler):
             super().log_message(fmt, *args)
 
     def do_GET(self):
-        if self.path.rstrip("/") == "/health":
-            self._send(200, {"status": "ok", "reward": repr(self.server.reward)})
+        s = self.server
+        if self.path.split("?")[0].rstrip("/") == "/health":
+            limits = {"max_images": s.max_images, "max_side": s.max_side, "max_bytes": s.max_bytes}
+            self._send(200, {"ok": True, "status": "ok", "reward": s.name, **limits})
         else:
-            self._send(404, {"error": f"unknown path {self.path!r}: POST / to score, GET /health"})
+            self._send(404, {"error": f"unknown path {self.path!r}: {_PATHS}"})
 
     def _refuse(self, status: int, msg: str, n: int = 0):
-        # read (and drop) a body of moderate size first: closing a socket with unread data resets the
-        # connection, and the client would see a reset instead of this answer
-        while 0 < n <= 64 << 20 and (chunk := self.rfile.read(min(n, 1 << 20))):
-            n -= len(chunk)
+        # read (and drop) a body of moderate size first, for at most the read timeout: closing a socket with
+        # unread data resets the connection, and the client would see a reset instead of this answer
+        with contextlib.suppress(TimeoutError):
+            while 0 < n <= 64 << 20 and (chunk := self.rfile.read(min(n, 1 << 20))):
+                n -= len(chunk)
         self.close_connection = True
         self._send(status, {"error": msg})
 
     def do_POST(self):
-        n = self.headers.get("Content-Length")
+        s, n = self.server, self.headers.get("Content-Length")
         if n is None or not n.isdigit():
-            return self._refuse(411, "a Content-Length header is required")
+            return self._refuse(411, "a Content-Length header (a number of bytes) is required")
         n = int(n)
         if self.path not in ("/", ""):
-            return self._refuse(404, f"unknown path {self.path!r}: POST / to score, GET /health", n)
-        if n > self.server.max_bytes:
-            return self._refuse(
-                413, f"request of {n} bytes exceeds the server's limit of {self.server.max_bytes} bytes", n
-            )
+            return self._refuse(404, f"unknown path {self.path!r}: {_PATHS}", n)
+        if n > s.max_bytes:
+            return self._refuse(413, f"request of {n} bytes exceeds the server's limit of {s.max_bytes} bytes", n)
         body = self.rfile.read(n)
+        if len(body) < n:
+            raise ConnectionAbortedError(f"the client hung up after {len(body)} of {n} bytes")
         try:
-            images, prompts, metadata = decode_request(body)
-            with self.server.lock:
-                scores, info = self.server.reward(images, prompts, metadata)
+            with s.lock:  # the work limit: one request at a time is decoded and scored
+                images, prompts, metadata = decode_request(body, s.max_images, s.max_side)
+                del body
+                scores, info = s.reward(images, prompts, metadata)
             scores = np.asarray(scores, np.float32)
             if scores.shape != (len(images),) or not np.isfinite(scores).all():
                 bad = "" if np.isfinite(scores).all() else " with non-finite values"
                 raise RuntimeError(f"the reward returned {scores.shape} scores{bad} for {len(images)} images")
             out = {"scores": [float(v) for v in scores], "info": jsonable(info)}
         except InputError as e:
-            return self._send(400, {"error": str(e)})
+            return self._send(getattr(e, "status", 400), {"error": str(e)})
         except Exception as e:
             return self._send(500, {"error": f"{type(e).__name__}: {e}"})
         self._send(200, out)
@@ -195,24 +232,32 @@ class _Handler(BaseHTTPRequestHandler):
 class RewardServer(ThreadingHTTPServer):
     "A threaded HTTP server scoring JSON reward requests with one reward (see `serve_reward`)."
 
-    daemon_threads = True
+    daemon_threads, request_queue_size = True, 128
 
     def __init__(
         self,
         address: tuple,  # (host, port)
         reward,  # the reward to serve
-        max_bytes: int = 1 << 30,  # largest accepted request body
-        quiet: bool = True,
-    ):  # do not log every request to stderr
+        max_bytes: int | None = None,  # largest request body (None: from max_images and max_side)
+        quiet: bool = True,  # log nothing on stderr but unexpected errors (one line each)
+        max_images: int = 64,  # most images in one request
+        max_side: int = 512,  # largest image width or height, checked before decoding
+        max_connections: int = 8,  # handler threads; more connections are answered 503
+        timeout: float = 30.0,  # seconds a connection may stay silent (each read, each write)
+        name: str | None = None,  # what /health calls the reward
+    ):
+        from PIL import Image
+
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        self.reward, self.max_bytes, self.quiet, self.lock, self.thread = (
-            reward,
-            int(max_bytes),
-            quiet,
-            threading.Lock(),
-            None,
-        )
+        self.reward, self.quiet, self.lock, self.thread = reward, quiet, threading.Lock(), None
+        self.max_images, self.max_side, self.read_timeout = int(max_images), int(max_side), float(timeout)
+        # base64 of uncompressed RGB is 4 bytes a pixel; 64 KiB an image and 1 MiB more for PNG, prompts, metadata
+        self.max_bytes = int(max_bytes or self.max_images * (4 * self.max_side**2 + (1 << 16)) + (1 << 20))
+        self.max_connections, self.slots = int(max_connections), threading.BoundedSemaphore(int(max_connections))
+        self.name = name or getattr(reward, "name", None) or getattr(reward, "__name__", None) or type(reward).__name__
+        limit = max(self.max_side**2, 1 << 22)  # Pillow's decompression-bomb limit: only ever lowered
+        Image.MAX_IMAGE_PIXELS = limit if Image.MAX_IMAGE_PIXELS is None else min(Image.MAX_IMAGE_PIXELS, limit)
         super().__init__(address, _Handler)
 
     def server_bind(self):
@@ -221,6 +266,41 @@ class RewardServer(ThreadingHTTPServer):
 
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+    def process_request(self, request, client_address):
+        "Handle a connection in one of `max_connections` threads; when all are busy, answer 503 and close it."
+        if not self.slots.acquire(blocking=False):
+            return self._busy(request)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def _busy(self, request):
+        body = json.dumps({"error": f"busy: all {self.max_connections} connections are in use; retry later"})
+        head = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        try:
+            request.setblocking(False)  # the accepting thread never waits on a client
+            with contextlib.suppress(OSError):
+                request.recv(1 << 16)  # drop what the client sent already (closing on unread data resets)
+            request.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def handle_error(self, request, client_address):
+        "One line on stderr for a connection that failed (none for a client that hung up, in quiet mode)."
+        e = sys.exc_info()[1]
+        if not (self.quiet and isinstance(e, (ConnectionError, TimeoutError))):
+            who = ":".join(map(str, client_address[:2])) if isinstance(client_address, tuple) else client_address
+            print(f"reward server: connection from {who} ended: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
 
     @property
     def url(self) -> str:
@@ -245,8 +325,13 @@ def serve_reward(
     host: str = "127.0.0.1",  # address to bind; non-loopback addresses need allow_remote=True
     port: int = 0,  # port (0: a free one chosen by the OS)
     allow_remote: bool = False,  # allow binding a non-loopback address (there is no authentication!)
-    max_bytes: int = 1 << 30,  # largest accepted request body
+    max_bytes: int | None = None,  # largest request body (None: from max_images and max_side)
     quiet: bool = True,  # do not log every request
+    max_images: int = 64,  # most images in one request
+    max_side: int = 512,  # largest image width or height, checked before decoding
+    max_connections: int = 8,  # handler threads; more connections are answered 503
+    timeout: float = 30.0,  # seconds a connection may stay silent
+    name: str | None = None,  # what /health calls the reward
 ) -> tuple[RewardServer, str]:
     "Serve `reward` over JSON/HTTP in a background thread; returns (server, url). Binds to loopback only by default."
     if not allow_remote and not is_loopback(host):
@@ -255,7 +340,8 @@ def serve_reward(
             "use 127.0.0.1 (and an SSH tunnel), or pass allow_remote=True",
             field="host",
         )
-    server = RewardServer((host, port), reward, max_bytes=max_bytes, quiet=quiet)
+    limits = dict(max_images=max_images, max_side=max_side, max_connections=max_connections, timeout=timeout)
+    server = RewardServer((host, port), reward, max_bytes, quiet, name=name, **limits)
     server.thread = threading.Thread(
         target=server.serve_forever,
         kwargs={"poll_interval": 0.1},
@@ -299,18 +385,13 @@ class RemoteReward:
             except Exception:
                 msg = raw.decode(errors="replace")[:500] or e.reason
             raise RewardServerError(f"reward server {self.url} answered HTTP {e.code}: {msg}") from None
-        except (TimeoutError, socket.timeout) as e:
-            raise RewardServerError(
-                f"reward server {self.url} did not answer within {self.timeout:g} s (timeout)"
-            ) from None
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, (TimeoutError, socket.timeout)):
+        except (urllib.error.URLError, OSError) as e:  # URLError wraps the reason: a timeout, a refusal, ...
+            why = e.reason if isinstance(e, urllib.error.URLError) else e
+            if isinstance(why, TimeoutError):
                 raise RewardServerError(
                     f"reward server {self.url} did not answer within {self.timeout:g} s (timeout)"
                 ) from None
-            raise RewardServerError(f"cannot reach reward server {self.url}: {e.reason}") from None
-        except (ConnectionError, OSError) as e:
-            raise RewardServerError(f"connection to reward server {self.url} failed: {type(e).__name__}: {e}") from None
+            raise RewardServerError(f"cannot reach reward server {self.url}: {type(why).__name__}: {why}") from None
 
     def __call__(
         self,
