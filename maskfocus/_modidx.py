@@ -42,6 +42,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'maskfocus.core.write_text_atomic': ('core.html#write_text_atomic', 'maskfocus/core.py')},
             'maskfocus.geneval': { 'maskfocus.geneval._check_clause': ('geneval.html#_check_clause', 'maskfocus/geneval.py'),
                                    'maskfocus.geneval._fail': ('geneval.html#_fail', 'maskfocus/geneval.py'),
+                                   'maskfocus.geneval._read_lines': ('geneval.html#_read_lines', 'maskfocus/geneval.py'),
                                    'maskfocus.geneval.dump_metadata': ('geneval.html#dump_metadata', 'maskfocus/geneval.py'),
                                    'maskfocus.geneval.evaluate': ('geneval.html#evaluate', 'maskfocus/geneval.py'),
                                    'maskfocus.geneval.evaluate_partial': ('geneval.html#evaluate_partial', 'maskfocus/geneval.py'),

@@ -53,6 +53,8 @@ def _fsync_dir(path: Path):  # a folder: its entries (new names, renames) reach 
 def atomic_write(path: str | os.PathLike):  # final path of the file
     "Yield a temporary path beside `path`; fsync it and rename it onto `path` only if the block succeeds."
     path = Path(path)
+    if path.is_dir():
+        raise InputError("is a directory, not a file", file=path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -92,6 +94,8 @@ def _fsync_tree(folder: Path):  # every file, then every folder (children before
 def atomic_dir(path: str | os.PathLike):  # final folder path
     "Yield a temporary folder beside `path`; fsync it and swap it in for `path` only if the block succeeds."
     path = Path(path)
+    if os.path.lexists(path) and not path.is_dir():
+        raise InputError("exists and is not a folder", file=path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
