@@ -177,8 +177,12 @@ def read_params(path, section: str) -> dict:  # a YAML file; the top-level key t
         what = f"{e.__class__.__name__}: {e.problem}" if getattr(e, "problem", None) else e.__class__.__name__
         msg = f"malformed YAML at column {mark.column + 1} ({what})"
         raise InputError(msg, file=path, line=mark.line + 1) from None
+    if not isinstance(d, dict):
+        raise InputError(f"expected a mapping of sections, got a {type(d).__name__}", file=path)
     if section not in d:
-        raise InputError(f"no section {section!r} (found: {', '.join(d)})", file=path, field=section)
+        raise InputError(f"no section {section!r} (found: {', '.join(map(str, d))})", file=path, field=section)
+    if not isinstance(d[section] or {}, dict):
+        raise InputError(f"expected a mapping of keys, got a {type(d[section]).__name__}", file=path, field=section)
     return d[section] or {}
 
 # %% ../nbs/00_core.ipynb #c4da04a6
