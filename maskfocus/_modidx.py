@@ -31,6 +31,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'maskfocus.core._umask': ('core.html#_umask', 'maskfocus/core.py'),
                                 'maskfocus.core.atomic_dir': ('core.html#atomic_dir', 'maskfocus/core.py'),
                                 'maskfocus.core.atomic_write': ('core.html#atomic_write', 'maskfocus/core.py'),
+                                'maskfocus.core.check_finite': ('core.html#check_finite', 'maskfocus/core.py'),
                                 'maskfocus.core.read_params': ('core.html#read_params', 'maskfocus/core.py'),
                                 'maskfocus.core.reference_path': ('core.html#reference_path', 'maskfocus/core.py'),
                                 'maskfocus.core.repo_root': ('core.html#repo_root', 'maskfocus/core.py'),

@@ -11,7 +11,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['InputError', 'atomic_write', 'write_text_atomic', 'write_json_atomic', 'atomic_dir', 'repo_root', 'reference_path',
-           'resolve', 'read_params', 'HelpFormatter', 'safetensors_file', 'safetensors_dtype', 'seed_everything']
+           'resolve', 'read_params', 'HelpFormatter', 'safetensors_file', 'safetensors_dtype', 'seed_everything',
+           'check_finite']
 
 # %% ../nbs/00_core.ipynb #5a93cf99
 class InputError(ValueError):
@@ -233,3 +234,15 @@ def seed_everything(seed: int):  # one integer seeds Python, NumPy and torch
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+# %% ../nbs/00_core.ipynb #c3d9a4e2
+def check_finite(
+    tensors: dict,  # name -> tensor, e.g. a loaded state dict
+    file: str | os.PathLike | None = None,  # where they were loaded from (named in the error)
+):
+    "Refuse weights holding NaN or an infinity: an InputError naming the file and the first such tensor."
+    import torch
+
+    for k, v in tensors.items():
+        if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise InputError("weights are not finite (NaN or infinity)", file=file, field=k)
