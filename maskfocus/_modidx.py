@@ -620,6 +620,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'maskfocus.rl.state.Run.live_dir': ('rl/state.html#run.live_dir', 'maskfocus/rl/state.py'),
                                     'maskfocus.rl.state.Run.params': ('rl/state.html#run.params', 'maskfocus/rl/state.py'),
                                     'maskfocus.rl.state._check_group_size': ('rl/state.html#_check_group_size', 'maskfocus/rl/state.py'),
+                                    'maskfocus.rl.state._check_vocabulary': ('rl/state.html#_check_vocabulary', 'maskfocus/rl/state.py'),
                                     'maskfocus.rl.state._load_pipeline': ('rl/state.html#_load_pipeline', 'maskfocus/rl/state.py'),
                                     'maskfocus.rl.state._make_reward': ('rl/state.html#_make_reward', 'maskfocus/rl/state.py'),
                                     'maskfocus.rl.state._summary_last': ('rl/state.html#_summary_last', 'maskfocus/rl/state.py'),
