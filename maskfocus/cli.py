@@ -57,6 +57,9 @@ def cmd_judge(args):
     "Judge a GenEval-layout folder of toy images; print the summary as JSON on the last line."
     from maskfocus.toy import judge
 
+    for opt, p in (("--out", args.out), ("--summary", args.summary)):  # before judging: no results without a summary
+        if p and Path(p).is_dir():
+            raise InputError("is a directory, not a file", file=p, field=opt)
     summary = judge.judge_folder(args.folder, args.out)
     if args.summary:
         write_json_atomic(args.summary, summary)

@@ -381,6 +381,40 @@ CASES = {
         ["pretrain", "--params", "{p}", "--run", "{out}.run", "--out", O],
         "stepz",
     ),
+    "pretrain: section not a mapping": (
+        lambda t, m, g: {"p": params(t, "pretrain: 3\n")},
+        ["pretrain", "--params", "{p}", "--run", "{out}.run", "--out", O],
+        "field 'pretrain'",
+    ),
+    "evaluate: malformed params YAML": (
+        lambda t, m, g: {"meta": meta(t), "p": params(t, "eval_base: [1\n")},
+        ["evaluate", "--model", M, "--metadata", "{meta}", "--out", O, "--params", "{p}"],
+        "malformed YAML",
+    ),
+    "judge --summary is a directory": (
+        lambda t, m, g: {"s": (t / "s").mkdir() or t / "s"},
+        ["judge", G, "--out", O, "--summary", "{s}"],
+        "is a directory",
+    ),
+    "sample --per-prompt 0": (lambda t, m, g: {"meta": meta(t)}, SAMPLE + ["--per-prompt", "0"], "--per-prompt"),
+    "render: count 0": (
+        lambda t, m, g: {"meta": edited(t, '"count": 1', '"count": 0')},
+        ["render", "{meta}", "--out", O],
+        "count",
+    ),
+    "train: --set clip=[1]": (lambda t, m, g: {}, TRAIN + ["--set", "clip=[1]"], "field 'clip'"),
+    "train: --set betas=[1,2]": (lambda t, m, g: {}, TRAIN + ["--set", "betas=[1,2]"], "field 'betas'"),
+    "train: --set reward_timeout=0": (lambda t, m, g: {}, TRAIN + ["--set", "reward_timeout=0"], "reward_timeout"),
+    "train: --set dr.split=2": (lambda t, m, g: {}, TRAIN + ["--set", "dr.split=2"], "dr.split"),
+    "train: --set dr.apply_to_all=1": (lambda t, m, g: {}, TRAIN + ["--set", "dr.apply_to_all=1"], "dr.apply_to_all"),
+    "train: --set lr=nan": (lambda t, m, g: {}, TRAIN + ["--set", "lr=.nan"], "field 'lr'"),
+    "train: --set train_prompts=3": (lambda t, m, g: {}, TRAIN + ["--set", "train_prompts=3"], "train_prompts"),
+    "train: --set group_size=1": (lambda t, m, g: {}, TRAIN + ["--set", "group_size=1"], "group_size"),
+    "train: NaN base weights": (
+        lambda t, m, g: {"model": model_copy(t, m, lambda d: _one_weight(d, "transformer", float("nan")))},
+        TRAIN + SMALL,
+        "not finite",
+    ),
 }
 
 
@@ -473,9 +507,10 @@ def test_read_only_output(cmd, tmp_path, rendered, capsys):
     assert snapshot(ro) == before
 
 
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS, errno.EACCES])
 @pytest.mark.parametrize("cmd", ["render", "judge"])
-def test_disk_full(cmd, tmp_path, rendered, capsys, monkeypatch):
-    "A write that fails with ENOSPC: one error line, the old output left as it was."
+def test_disk_full(cmd, err, tmp_path, rendered, capsys, monkeypatch):
+    "A write that fails (a full disk, a read-only file system, no permission; also as root): one line, old output kept."
     out = tmp_path / ("gen" if cmd == "render" else "res.jsonl")
     if cmd == "render":
         out.mkdir()
@@ -485,8 +520,8 @@ def test_disk_full(cmd, tmp_path, rendered, capsys, monkeypatch):
         out.write_text("old\n")
         argv = ["judge", rendered, "--out", out]
     before = snapshot(out)
-    _write_fails(monkeypatch)
-    rc, err = run_main(argv, capsys)
+    _write_fails(monkeypatch, err)
+    rc, stderr = run_main(argv, capsys)
     monkeypatch.undo()
-    check_one_line(rc, err, "No space left on device")
+    check_one_line(rc, stderr, os.strerror(err))
     assert snapshot(out) == before
