@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_cli.ipynb #59ad5d8b
 from __future__ import annotations
-import argparse, json, sys
+import argparse, json, os, sys
 from pathlib import Path
 
 from . import __version__
@@ -57,6 +57,9 @@ def cmd_judge(args):
     "Judge a GenEval-layout folder of toy images; print the summary as JSON on the last line."
     from maskfocus.toy import judge
 
+    for opt, p in (("--out", args.out), ("--summary", args.summary)):  # before judging: no results without a summary
+        if p and Path(p).is_dir():
+            raise InputError("is a directory, not a file", file=p, field=opt)
     summary = judge.judge_folder(args.folder, args.out)
     if args.summary:
         write_json_atomic(args.summary, summary)
@@ -175,11 +178,11 @@ def missing_model_hint(
     "A line saying what to run when `err` names a model folder of the command line that does not exist, else None."
     if err.file is None:
         return None
-    bad = Path(err.file).resolve()
+    bad = Path(os.path.realpath(err.file))  # realpath, not resolve: a symlink loop is not an error here
     for opt, folder in folders.items():
         if folder is None or opt not in _MODEL_HINTS or Path(folder).exists():
             continue
-        if bad == Path(folder).resolve() or Path(folder).resolve() in bad.parents:
+        if bad == Path(os.path.realpath(folder)) or Path(os.path.realpath(folder)) in bad.parents:
             then, stage, built = _MODEL_HINTS[opt]
             return (
                 "hint: a fresh clone has no models (they are DVC outputs): `make demo` trains small ones in demo/ "
@@ -339,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:  # arguments (default: sys.argv[
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except OSError as e:  # a full disk, a read-only folder, ...: one line, the atomic writes left the old output
+        print(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", file=sys.stderr)
+        return 2
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         hint = missing_model_hint(e, {o: getattr(args, o.strip("-"), None) for o in _MODEL_HINTS})

@@ -11,7 +11,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['InputError', 'atomic_write', 'write_text_atomic', 'write_json_atomic', 'atomic_dir', 'repo_root', 'reference_path',
-           'resolve', 'read_params', 'HelpFormatter', 'safetensors_file', 'safetensors_dtype', 'seed_everything']
+           'resolve', 'read_params', 'HelpFormatter', 'safetensors_file', 'safetensors_dtype', 'seed_everything',
+           'check_finite']
 
 # %% ../nbs/00_core.ipynb #5a93cf99
 class InputError(ValueError):
@@ -53,6 +54,8 @@ def _fsync_dir(path: Path):  # a folder: its entries (new names, renames) reach 
 def atomic_write(path: str | os.PathLike):  # final path of the file
     "Yield a temporary path beside `path`; fsync it and rename it onto `path` only if the block succeeds."
     path = Path(path)
+    if path.is_dir():
+        raise InputError("is a directory, not a file", file=path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -92,6 +95,8 @@ def _fsync_tree(folder: Path):  # every file, then every folder (children before
 def atomic_dir(path: str | os.PathLike):  # final folder path
     "Yield a temporary folder beside `path`; fsync it and swap it in for `path` only if the block succeeds."
     path = Path(path)
+    if os.path.lexists(path) and not path.is_dir():
+        raise InputError("exists and is not a folder", file=path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
@@ -173,8 +178,12 @@ def read_params(path, section: str) -> dict:  # a YAML file; the top-level key t
         what = f"{e.__class__.__name__}: {e.problem}" if getattr(e, "problem", None) else e.__class__.__name__
         msg = f"malformed YAML at column {mark.column + 1} ({what})"
         raise InputError(msg, file=path, line=mark.line + 1) from None
+    if not isinstance(d, dict):
+        raise InputError(f"expected a mapping of sections, got a {type(d).__name__}", file=path)
     if section not in d:
-        raise InputError(f"no section {section!r} (found: {', '.join(d)})", file=path, field=section)
+        raise InputError(f"no section {section!r} (found: {', '.join(map(str, d))})", file=path, field=section)
+    if not isinstance(d[section] or {}, dict):
+        raise InputError(f"expected a mapping of keys, got a {type(d[section]).__name__}", file=path, field=section)
     return d[section] or {}
 
 # %% ../nbs/00_core.ipynb #c4da04a6
@@ -225,3 +234,15 @@ def seed_everything(seed: int):  # one integer seeds Python, NumPy and torch
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+# %% ../nbs/00_core.ipynb #c3d9a4e2
+def check_finite(
+    tensors: dict,  # name -> tensor, e.g. a loaded state dict
+    file: str | os.PathLike | None = None,  # where they were loaded from (named in the error)
+):
+    "Refuse weights holding NaN or an infinity: an InputError naming the file and the first such tensor."
+    import torch
+
+    for k, v in tensors.items():
+        if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise InputError("weights are not finite (NaN or infinity)", file=file, field=k)

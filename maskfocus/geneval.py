@@ -122,6 +122,22 @@ def dump_metadata(d: dict) -> str:  # a metadata record
     return json.dumps({k: d[k] for k in _KEY_ORDER if k in d})
 
 
+def _read_lines(path: Path) -> list[str]:  # a text file's lines; what is wrong with the file is one InputError
+    try:
+        b = path.read_bytes()
+    except IsADirectoryError:
+        raise InputError("is a directory, not a metadata file", file=path) from None
+    except FileNotFoundError:
+        raise InputError("file not found", file=path) from None
+    except OSError as e:  # a symlink loop, no permission, ...
+        raise InputError(f"cannot read: {e.strerror}", file=path) from None
+    try:
+        return b.decode("utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        line = b[: e.start].count(b"\n") + 1
+        raise InputError(f"not UTF-8 text (byte 0x{b[e.start]:02x})", file=path, line=line) from None
+
+
 def read_metadata(
     path,  # a GenEval-format metadata jsonl file
     classes: Sequence[str] | None = None,  # allowed class names (None: any)
@@ -129,10 +145,8 @@ def read_metadata(
 ) -> list[dict]:
     "Read and validate a GenEval metadata jsonl file; errors name the file, line and field."
     path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", file=path)
     out = []
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = _read_lines(path)
     while lines and not lines[-1].strip():
         lines.pop()
     for i, s in enumerate(lines, 1):

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core import InputError, atomic_dir, safetensors_file, write_json_atomic
+from ..core import InputError, atomic_dir, check_finite, safetensors_file, write_json_atomic
 from .meissonic_config import MeissonicConfig
 from .transformer import MeissonicTransformer
 
@@ -152,6 +152,7 @@ def load_meissonic(
     if problem:
         raise InputError(f"checkpoint does not match {tdir / CONFIG_NAME}: {problem}", file=wfile)
     state = load_file(str(wfile), device=str(device))
+    check_finite(state, file=wfile)
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)

@@ -180,7 +180,12 @@ class MaskedPipeline:
         tcfg = folder / "transformer" / "config.json"
         if not tcfg.is_file():
             raise InputError("missing transformer/config.json", file=tcfg)
-        tname = json.loads(tcfg.read_text()).get("_class_name")
+        try:
+            tname = json.loads(tcfg.read_text()).get("_class_name")
+        except json.JSONDecodeError as e:
+            raise InputError(f"not valid JSON: {e.msg}", file=tcfg, line=e.lineno) from None
+        except AttributeError:  # valid JSON, but not an object
+            raise InputError("expected a JSON object", file=tcfg) from None
         transformer = (
             AmusedAdapter.load(folder, device=device)
             if tname == "UVit2DModel"

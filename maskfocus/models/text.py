@@ -11,7 +11,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import torch
 from torch import nn
 
-from ..core import InputError, atomic_dir
+from ..core import InputError, atomic_dir, check_finite
 
 # %% auto #0
 __all__ = ['TextEncoder', 'clip_tokenizer', 'CLIPTextEncoder']
@@ -153,7 +153,12 @@ class CLIPTextEncoder(nn.Module):
             raise InputError("missing text_encoder/config.json", file=te)
         if not list(te.glob("*.safetensors")):
             raise InputError("no safetensors weights in text_encoder/ (pickled weights are not loaded)", file=te)
-        model = CLIPTextModelWithProjection.from_pretrained(str(te), local_files_only=True, use_safetensors=True)
+        try:
+            model = CLIPTextModelWithProjection.from_pretrained(str(te), local_files_only=True, use_safetensors=True)
+        except Exception as e:  # truncated weights, a config.json that is not JSON, ...: one line naming the folder
+            msg = (str(e).strip().splitlines() or [""])[0]
+            raise InputError(f"cannot load the text encoder ({e.__class__.__name__}: {msg})", file=te) from None
+        check_finite(model.state_dict(), file=te)
         return cls(
             model, clip_tokenizer(folder / "tokenizer", max_length or model.config.max_position_embeddings), max_length
         )

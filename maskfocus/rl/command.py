@@ -144,6 +144,9 @@ def train_main(
             cpu=args.cpu,
             report=args.report,
         )
+    except OSError as e:  # a full disk, a read-only folder, ...: one line, the checkpoints are written atomically
+        print(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", file=sys.stderr)
+        return 2
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         line = hint(e, {"--base": args.base}) if hint else None

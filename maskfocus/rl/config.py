@@ -348,7 +348,18 @@ class RLConfig:
             self.dr = asdict(self.dr)
         if not isinstance(self.dr, dict):
             raise InputError(f"dr must be a mapping of DRConfig fields, got {self.dr!r}", field="dr")
-        self.dr = asdict(DRConfig.from_dict(self.dr))
+        try:
+            self.dr = asdict(DRConfig.from_dict(self.dr))
+        except InputError as e:  # the field as the config names it: dr.T
+            raise InputError(e.msg, field=f"dr.{e.field}") from None
+        if not isinstance(self.shared_positions, bool):
+            raise InputError(
+                f"shared_positions must be true or false, got {self.shared_positions!r}",
+                field="shared_positions",
+            )
+        for k in ("train_prompts", "test_prompts"):
+            if not isinstance(getattr(self, k), str):
+                raise InputError(f"{k} must be a file path, got {getattr(self, k)!r}", field=k)
         parse_strategy(self.strategy)
         for k, ok in _CHOICES.items():
             if getattr(self, k) not in ok:

@@ -57,6 +57,13 @@ class DRConfig:
     )
 
     def __post_init__(self):
+        for k in ("enabled", "apply_to_all"):
+            if not isinstance(getattr(self, k), bool):
+                raise InputError(f"{k} must be true or false, got {getattr(self, k)!r}", field=k)
+        for k in ("split", "T", "alpha", "theta"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise InputError(f"{k} must be a number, got {v!r}", field=k)
         if not 0 <= self.split <= 1:
             raise InputError(f"split must lie in [0, 1], got {self.split}", field="split")
         if not self.alpha > 0:

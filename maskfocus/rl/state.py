@@ -108,6 +108,16 @@ def _make_reward(cfg: RLConfig):
     )
 
 
+def _check_vocabulary(metas: list, reward, file=None):  # the training records; the reward; their file (in errors)
+    "Each reward that declares a `vocabulary` ({classes, colors}) must know every prompt's: checked before any write."
+    from maskfocus.geneval import validate_metadata
+
+    parts = [r for _, (r, _) in reward.items()] + [reward.monitor] if hasattr(reward, "items") else [reward]
+    for v in [getattr(r, "vocabulary", None) for r in parts]:
+        for i, m in enumerate(metas if v else [], 1):
+            validate_metadata(copy.deepcopy(m), file, i, v.get("classes"), v.get("colors"))
+
+
 def _check_group_size(cfg: RLConfig):
     "GRPO needs groups of 2 or more: one sample is its own group mean, so its advantage is 0 and nothing is learned."
     if cfg.group_size < 2:
@@ -156,6 +166,7 @@ def setup(
     reference = make_reference(pipe.transformer) if cfg.beta > 0 else None
     est = make_estimator(cfg.estimator, mask_id=int(pipe.transformer.mask_token_id), **cfg.estimator_knobs())
     reward = reward_fn if reward_fn is not None else _make_reward(cfg)
+    _check_vocabulary(metas, reward, cfg.train_prompts if prompts is None else prompts)
     identity = run_identity(cfg, base, reward_fn)
     params = [p for p in pipe.transformer.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)

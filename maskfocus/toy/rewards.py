@@ -13,6 +13,7 @@ import numpy as np
 from ..core import InputError
 from ..rl.rewards import check_batch, per_tag_mean
 from .judge import judge_batch
+from .world import COLORS, SHAPES
 
 # %% auto #0
 __all__ = ['JUDGE_FIELDS', 'JudgeReward', 'ClipReward', 'binary_judge', 'partial_judge', 'strict_judge', 'clip_reward']
@@ -37,6 +38,7 @@ class JudgeReward:
             raise InputError(f"unknown judge reward kind {kind!r}; use one of {', '.join(JUDGE_FIELDS)}", field="kind")
         self.kind, self.field, self.keep_records = kind, JUDGE_FIELDS[kind], keep_records
         self.name = "judge" if kind == "binary" else f"judge_{kind}"
+        self.vocabulary = {"classes": SHAPES, "colors": COLORS}  # the toy world's: training prompts are checked
 
     def __repr__(self):
         return f"JudgeReward(kind={self.kind!r})"
