@@ -23,6 +23,13 @@ class Redness:
         return s, {"mean": float(s.mean()), "std": float(s.std())}
 
 
+def run(cfg, base, out, metas, **kw):
+    "Train in this process with the Redness reward, no progress bar (the trainer and resume tests)."
+    from maskfocus.rl import trainer
+
+    return trainer.train(cfg, base, out, prompts=metas, reward_fn=Redness(), progress=False, **kw)
+
+
 def install_hooks():
     "Apply the hooks requested by the environment."
     import maskfocus.runs as ck

@@ -31,3 +31,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    "A tiny random toy base pipeline saved to a folder (the trainer and resume tests)."
+    from maskfocus.toy.pipeline import toy_pipeline
+
+    d = tmp_path_factory.mktemp("base")
+    toy_pipeline(dim=32, heads=2, layers=1, single_layers=1, text_dim=32, text_layers=1).save(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def metas():
+    "The toy world's training prompts."
+    from maskfocus import geneval
+
+    return geneval.read_metadata(ROOT / "data" / "prompts" / "train_metadata.jsonl")

@@ -121,6 +121,12 @@ SAMPLE = ["sample", "--model", M, "--metadata", "{meta}", "--out", O, "--steps",
 TRAIN = ["train", "--base", M, "--out", O, "--iterations", "1", "--no-progress", "--cpu"]
 SMALL = ["--set", "prompts_per_iter=1", "--set", "group_size=2", "--set", "steps=4"]
 
+
+def train_params(text: str, expect: str) -> tuple:
+    "A `train --params` case: the params file holds `text`; the error line must contain `expect`."
+    return (lambda t, m, g: {"p": params(t, text)}, TRAIN + ["--params", "{p}"], expect)
+
+
 # name -> (setup(tmp, model, gen) -> {placeholder: value}, argv, expected text in the error line)
 CASES = {
     # --- metadata files (render, sample) ---
@@ -316,41 +322,13 @@ CASES = {
         "reward_servers.s",
     ),
     "train: missing params file": (lambda t, m, g: {}, TRAIN + ["--params", "{out}.yaml"], "params file not found"),
-    "train: malformed params YAML": (
-        lambda t, m, g: {"p": params(t, "rl:\n  lr: [1\n")},
-        TRAIN + ["--params", "{p}"],
-        "malformed YAML",
-    ),
-    "train: no such section": (
-        lambda t, m, g: {"p": params(t, "other: {}\n")},
-        TRAIN + ["--params", "{p}"],
-        "no section 'rl'",
-    ),
-    "train: section not a mapping": (
-        lambda t, m, g: {"p": params(t, "rl: [1, 2]\n")},
-        TRAIN + ["--params", "{p}"],
-        "field 'rl'",
-    ),
-    "train: params file not a mapping": (
-        lambda t, m, g: {"p": params(t, "- 1\n- 2\n")},
-        TRAIN + ["--params", "{p}"],
-        "p.yaml",
-    ),
-    "train: dr.T a string in params": (
-        lambda t, m, g: {"p": params(t, "rl:\n  dr: {T: hot}\n")},
-        TRAIN + ["--params", "{p}"],
-        "dr.T",
-    ),
-    "train: dr not a mapping in params": (
-        lambda t, m, g: {"p": params(t, "rl:\n  dr: 3\n")},
-        TRAIN + ["--params", "{p}"],
-        "field 'dr'",
-    ),
-    "train: per_preset unknown": (
-        lambda t, m, g: {"p": params(t, "rl:\n  per_preset: {nope: {}}\n")},
-        TRAIN + ["--params", "{p}"],
-        "per_preset.nope",
-    ),
+    "train: malformed params YAML": train_params("rl:\n  lr: [1\n", "malformed YAML"),
+    "train: no such section": train_params("other: {}\n", "no section 'rl'"),
+    "train: section not a mapping": train_params("rl: [1, 2]\n", "field 'rl'"),
+    "train: params file not a mapping": train_params("- 1\n- 2\n", "p.yaml"),
+    "train: dr.T a string in params": train_params("rl:\n  dr: {T: hot}\n", "dr.T"),
+    "train: dr not a mapping in params": train_params("rl:\n  dr: 3\n", "field 'dr'"),
+    "train: per_preset unknown": train_params("rl:\n  per_preset: {nope: {}}\n", "per_preset.nope"),
     "train: unknown reward": (lambda t, m, g: {}, TRAIN + ["--set", "reward.nope=1"], "nope"),
     "train: missing base": (lambda t, m, g: {"model": t / "nope"}, TRAIN, "model folder not found"),
     "train: missing prompts": (lambda t, m, g: {}, TRAIN + ["--prompts", "{out}.jsonl"], "file not found"),

@@ -11,7 +11,7 @@
 - `train_summary.json` is the same whether or not the run was interrupted, including a call with nothing left to
   train (its last metrics come from the checkpoint)."""
 
-import json, os, random, shutil, sys
+import json, os, random, shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _launch_train import Redness
-from maskfocus import geneval
+from _launch_train import Redness, run
 from maskfocus.core import InputError
 from maskfocus.rl.config import make_config
 from maskfocus.runs import checkpoint_problem, clean_stale, list_checkpoints, load_checkpoint, resume_from
@@ -29,7 +28,6 @@ from maskfocus.toy.pipeline import toy_pipeline
 import maskfocus.runs as runs
 import maskfocus.rl.command as command
 import maskfocus.rl.state as state
-import maskfocus.rl.trainer as trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"prompts_per_iter": 2, "group_size": 2, "steps": 4, "K": 2, "lr": 1e-3, "log_images_every": 0}
@@ -180,23 +178,6 @@ def test_fsync_before_rename_and_rotation_renames_away(tmp_path, monkeypatch):
 
 
 # --- the RL trainer ------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    "A tiny random toy base pipeline saved to a folder."
-    d = tmp_path_factory.mktemp("base")
-    toy_pipeline(dim=32, heads=2, layers=1, single_layers=1, text_dim=32, text_layers=1).save(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def metas():
-    return geneval.read_metadata(ROOT / "data" / "prompts" / "train_metadata.jsonl")
-
-
-def run(cfg, base, out, metas, **kw):
-    return trainer.train(cfg, base, out, prompts=metas, reward_fn=Redness(), progress=False, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _launch_train import Redness
-from maskfocus import geneval
+from _launch_train import Redness, run
 from maskfocus.runs import list_checkpoints, load_checkpoint
 from maskfocus.rl.config import make_config
 from maskfocus.models.pipeline import MaskedPipeline
-from maskfocus.toy.pipeline import toy_pipeline
 import maskfocus.rl.trainer as trainer
 import maskfocus.rl.command as command
 import maskfocus.rl.state as state
@@ -27,23 +25,6 @@ BIN = Path(sys.executable).parent
 LAUNCH = ROOT / "tests" / "_launch_train.py"
 TINY = {"prompts_per_iter": 2, "group_size": 2, "steps": 4, "K": 2, "lr": 1e-3, "log_images_every": 0}
 WEIGHTS = Path("final") / "transformer" / "diffusion_pytorch_model.safetensors"
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    "A tiny random toy base pipeline saved to a folder."
-    d = tmp_path_factory.mktemp("base")
-    toy_pipeline(dim=32, heads=2, layers=1, single_layers=1, text_dim=32, text_layers=1).save(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def metas():
-    return geneval.read_metadata(ROOT / "data" / "prompts" / "train_metadata.jsonl")
-
-
-def run(cfg, base, out, metas, **kw):
-    return trainer.train(cfg, base, out, prompts=metas, reward_fn=Redness(), progress=False, **kw)
 
 
 def params_yaml(tmp_path, preset="maskfocus", **over):
