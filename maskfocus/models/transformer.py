@@ -306,7 +306,7 @@ class MeissonicTransformer(nn.Module):
         )
 
     def _run(self, block, *args):
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        if self.gradient_checkpointing and torch.is_grad_enabled():
             return checkpoint(block, *args, use_reentrant=False)
         return block(*args)
 
