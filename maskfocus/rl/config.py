@@ -10,6 +10,7 @@ from typing import Any
 
 from ..core import InputError
 from .reward_server import RemoteReward
+from .engine import EngineConfig
 from .rollout import DRConfig
 
 # re-exported: these lived here, and the trainer imports them from here
@@ -199,6 +200,10 @@ class RLConfig:
     adv_eps: float = field(
         default=1e-4, metadata=_help("added to the std of the advantages (MaskFocus code: 1e-4; MaskGRPO: 1e-5)")
     )
+    adv_clip: float = field(
+        default=0.0,
+        metadata=_help("advantages clipped to [-adv_clip, adv_clip] after scaling (UDM-GRPO: 5); 0: no clipping"),
+    )
     # --- optimizer ---
     lr: float = field(
         default=1e-4,
@@ -278,6 +283,11 @@ class RLConfig:
             "seed of the prompt stream and of every rollout / selection / re-masking generator (MaskFocus code: 42)"
         ),
     )
+    # --- hardware (maskfocus.rl.engine) ---
+    engine: dict = field(
+        default_factory=lambda: asdict(EngineConfig()),
+        metadata=_help("hardware use: the fields of maskfocus.rl.engine.EngineConfig (precision, lora_*, ema_*, ...)"),
+    )
     # --- logistics (not compared when resuming) ---
     checkpoint_every: int = field(
         default=10,
@@ -344,6 +354,7 @@ class RLConfig:
         "Dynamic Routing, the step selection and every choice among names; normalises `dr` to a plain dict."
         from maskfocus.rl.css import parse_strategy
 
+        self.engine = EngineConfig.normalise(self.engine)
         if isinstance(self.dr, DRConfig):
             self.dr = asdict(self.dr)
         if not isinstance(self.dr, dict):
@@ -387,7 +398,7 @@ class RLConfig:
         if len(b) != 2 or not all(isinstance(x, (int, float)) and 0 <= x < 1 for x in b):
             raise InputError(f"betas must be two numbers in [0, 1), got {self.betas!r}", field="betas")
         self.betas = (float(b[0]), float(b[1]))
-        for k in ("lr", "beta", "weight_decay", "grad_clip", "adv_eps", "cfg", "p", "frac"):
+        for k in ("lr", "beta", "weight_decay", "grad_clip", "adv_eps", "adv_clip", "cfg", "p", "frac"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise InputError(f"{k} must be a finite number >= 0, got {v!r}", field=k)
@@ -431,9 +442,18 @@ class RLConfig:
         "A JSON-able dict (tuples as lists)."
         return json.loads(json.dumps({f.name: getattr(self, f.name) for f in fields(self)}))
 
+    def engine_config(self) -> EngineConfig:
+        "The hardware settings as an `EngineConfig`."
+        return EngineConfig(**self.engine)
+
     def fingerprint(self) -> dict:
-        "The settings that must match for a checkpoint to be resumed (everything but logistics)."
-        return {k: v for k, v in self.to_dict().items() if k not in self.LOGISTICS}
+        "The settings that must match to resume: all but logistics; of the engine, the knobs that change results."
+        d = {k: v for k, v in self.to_dict().items() if k not in self.LOGISTICS and k != "engine"}
+        if eng := self.engine_config().fingerprint():  # at defaults, absent: older checkpoints stay resumable
+            d["engine"] = eng
+        if not self.adv_clip:
+            d.pop("adv_clip")
+        return d
 
     @classmethod
     def from_dict(

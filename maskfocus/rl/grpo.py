@@ -82,13 +82,16 @@ def masked_mean(
     x: torch.Tensor,  # [B, HW] values
     mask: torch.Tensor,  # [B, HW] bool
     token_mean: Literal["batch", "sample"] = "batch",  # over all masked tokens, or per sample then over samples
+    n_rows: int | None = None,  # a micro-batch: divide by the whole batch's samples instead of x's rows
+    n_tokens: int | None = None,  # a micro-batch: divide by the whole batch's masked tokens instead of mask's
 ) -> torch.Tensor:  # scalar
-    "Mean of x over the masked positions (0 where there are none)."
+    "Mean of x over the masked positions (0 where there are none); of a part, its share of the whole batch's mean."
     xm = torch.where(mask, x, torch.zeros_like(x))
     if token_mean == "batch":
-        return xm.sum() / mask.sum().clamp(min=1)
+        return xm.sum() / (mask.sum().clamp(min=1) if n_tokens is None else max(n_tokens, 1))
     if token_mean == "sample":
-        return (xm.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+        per = xm.sum(-1) / mask.sum(-1).clamp(min=1)
+        return per.mean() if n_rows is None else per.sum() / n_rows
     raise InputError(f"token_mean must be 'batch' or 'sample', got {token_mean!r}", field="token_mean")
 
 
@@ -137,6 +140,10 @@ def _loss_stats(loss, pg, kl, ratio, sel, binds, mask, logits) -> dict:
     return stats
 
 
+def _row_mean(x: torch.Tensor, n_rows: int | None) -> torch.Tensor:  # [B] per-sample values; the batch's samples
+    return x.mean() if n_rows is None else x.sum() / n_rows
+
+
 def grpo_loss(
     logp: torch.Tensor,  # [B, HW] current policy log-probs (with grad)
     logp_old: torch.Tensor,  # [B, HW] rollout-policy log-probs (no grad; = logp.detach() on-policy)
@@ -149,6 +156,8 @@ def grpo_loss(
     token_mean: Literal["batch", "sample"] = "sample",  # token averaging, see `masked_mean` (MaskFocus: sample)
     logits: torch.Tensor | None = None,  # [B, V, H, W] the step's logits, for the entropy statistic only
     max_log_ratio: float = 20.0,  # log-ratios are clamped to +-this before exp (overflow guard)
+    n_rows: int | None = None,  # a micro-batch of a larger batch: that batch's samples (see `masked_mean`)
+    n_tokens: int | None = None,  # ... and its scored tokens: the parts' losses then add up to the batch's
 ) -> tuple[torch.Tensor, dict]:  # (scalar loss, stats)
     "Clipped GRPO loss of one planned step, minus beta times the k3 KL, averaged over the scored tokens."
     adv = _check_loss_inputs(logp, logp_old, adv, mask, logp_ref, ratio_level, clip)
@@ -163,9 +172,10 @@ def grpo_loss(
         binds = ((ratio > 1 + clip[1]) & (A > 0)) | ((ratio < 1 - clip[0]) & (A < 0))
     else:
         binds = torch.zeros_like(sel)
-    pg = masked_mean(-surr, mask, token_mean) if ratio_level == "token" else (-surr).mean()
+    tot = {"n_rows": n_rows, "n_tokens": n_tokens}
+    pg = masked_mean(-surr, mask, token_mean, **tot) if ratio_level == "token" else _row_mean(-surr, n_rows)
     kl = k3_kl(logp.float(), logp_ref.float()) if logp_ref is not None else None
-    kl_mean = masked_mean(kl, mask, token_mean) if kl is not None else torch.zeros((), device=logp.device)
+    kl_mean = masked_mean(kl, mask, token_mean, **tot) if kl is not None else torch.zeros((), device=logp.device)
     loss = pg + beta * kl_mean if (kl is not None and beta) else pg
     stats = _loss_stats(loss, pg, kl, ratio, sel, binds, mask, logits)
     return loss, stats

@@ -17,6 +17,7 @@ from ..runs import folder_identity, list_checkpoints, load_checkpoint, lr_lambda
 from ..runs import truncate_dvclive
 from .budgets import derived_budgets, format_budgets, layout_segments
 from .config import RLConfig
+from .engine import accelerate_precision, low_dtype, make_optimizer, resolve_device, set_tf32
 from .logprob import make_estimator
 from ..models.pipeline import MaskedPipeline
 from .pieces import prompt_weights, read_prompts
@@ -57,6 +58,7 @@ class Run:
     out: Path  # run folder: out/run (checkpoints, dvclive), out/final
     data_rng: np.random.Generator  # the data stream (checkpointed)
     report: Path | None = None  # folder of the metrics and the summary (None: dvclive under out/run)
+    base: Path | None = None  # the base pipeline folder (its text encoder is saved with the final model)
     debug_grads_path: str | Path | None = None  # save the synced gradients of the first update here
     model: torch.nn.Module | None = None  # the transformer wrapped for the processes (open_run)
     start: int = 0  # first iteration of this call
@@ -140,41 +142,81 @@ def run_identity(
     return ids
 
 
+def _accelerator(
+    cfg: RLConfig,  # its engine's precision
+    device: str | None,  # "auto" / None, "cpu" or "cuda" (GPUs: CUDA_VISIBLE_DEVICES, one per process)
+):
+    "The run's accelerate.Accelerator: its device, and its mixed precision from the engine (fp32 master weights)."
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    dev = resolve_device(device)
+    if dev.type not in ("cpu", "cuda") or dev.index is not None:
+        raise InputError(
+            f"train runs on auto, cpu or cuda, got {device!r}: pick GPUs with CUDA_VISIBLE_DEVICES (under accelerate "
+            "launch or torchrun each process takes the GPU of its local rank)",
+            field="device",
+        )
+    mp = accelerate_precision(cfg.engine["precision"], dev)
+    kw = [DistributedDataParallelKwargs(find_unused_parameters=False)]
+    return Accelerator(cpu=dev.type == "cpu", mixed_precision=mp, kwargs_handlers=kw)
+
+
+def _engine_models(
+    cfg: RLConfig,  # its engine and beta
+    pipe: MaskedPipeline,  # the loaded pipeline (changed in place)
+    dev: torch.device,  # where it runs
+) -> torch.nn.Module | None:  # the KL reference (None when beta == 0)
+    "Apply the engine to the loaded pipeline: TF32, checkpointing, frozen parts stored in the low precision."
+    eng = cfg.engine_config()
+    set_tf32(eng.tf32, dev)
+    pipe.transformer.gradient_checkpointing = eng.grad_checkpointing
+    low = low_dtype(eng.precision)
+    if low != torch.float32 and isinstance(pipe.text_encoder, torch.nn.Module):
+        pipe.text_encoder.to(low)  # frozen: stored in bf16 / fp16 (the final model gets the base's, see `finish`)
+    reference = make_reference(pipe.transformer).to(low) if cfg.beta > 0 else None
+    if eng.compile:
+        pipe.transformer.compile()
+    return reference
+
+
 def setup(
     cfg: RLConfig,  # the run's configuration
     base: str | Path,  # the base pipeline folder (MaskedPipeline.load)
     out: str | Path,  # run folder
     prompts: str | Path | Sequence[dict] | None = None,  # training metadata (default: cfg.train_prompts)
     reward_fn: Callable | None = None,  # a reward replacing make_reward(cfg.reward)
-    cpu: bool = False,  # force the CPU even where a GPU is visible
+    cpu: bool = False,  # force the CPU even where a GPU is visible (= device "cpu")
     report: str | Path | None = None,  # folder for the metrics and the summary
     debug_grads_path: str | Path | None = None,  # save the synced gradients of the first update here
+    device: str | None = None,  # "auto" / None: CUDA when visible, else CPU; "cpu"; "cuda"
 ) -> Run:
     "Accelerator, global seeds, prompts, pipeline, reference, estimator, reward, optimizer: the run before resuming."
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    from accelerate.utils import set_seed
 
     _check_group_size(cfg)
-    acc = Accelerator(cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+    acc = _accelerator(cfg, "cpu" if cpu else device)
     # the global RNGs (the trainer draws from its own generators): identical runs save identical checkpoints
     set_seed(cfg.seed, device_specific=True)
     budgets = derived_budgets(cfg, acc.num_processes)
     metas = read_prompts(cfg.train_prompts, prompts)
     weights = prompt_weights(metas, cfg.prompt_sampling)
-    pipe = _load_pipeline(base, torch.device("cpu") if acc.device.type == "cpu" else acc.device)
+    dev = torch.device("cpu") if acc.device.type == "cpu" else acc.device
+    pipe = _load_pipeline(base, dev)
     budgets.update(derived_budgets(cfg, acc.num_processes, hw=pipe.grid[0] * pipe.grid[1]))
-    reference = make_reference(pipe.transformer) if cfg.beta > 0 else None
+    reference = _engine_models(cfg, pipe, dev)
     est = make_estimator(cfg.estimator, mask_id=int(pipe.transformer.mask_token_id), **cfg.estimator_knobs())
     reward = reward_fn if reward_fn is not None else _make_reward(cfg)
     _check_vocabulary(metas, reward, cfg.train_prompts if prompts is None else prompts)
     identity = run_identity(cfg, base, reward_fn)
     params = [p for p in pipe.transformer.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(params, cfg.lr, cfg.betas, cfg.weight_decay, cfg.engine["optimizer"], dev)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.iterations * cfg.mu, cfg.warmup, cfg.lr_schedule))
     rng = np.random.default_rng(cfg.seed)
     return Run(
         *(cfg, acc, pipe, reference, est, reward, opt, sched, metas, weights, budgets, Path(out), rng),
         report=report,
+        base=Path(base),
         debug_grads_path=debug_grads_path,
         identity=identity,
     )
@@ -198,7 +240,8 @@ def open_run(
 ):
     "Wrap the model for the processes, fix this call's iterations, print the banner, open dvclive (main process)."
     cfg = s.cfg
-    s.model = s.acc.prepare_model(s.pipe.transformer)
+    # together, as DeepSpeed and FSDP need; accelerate's autocast wraps the transformer's forward (rollouts too)
+    s.model, s.opt = s.acc.prepare(s.pipe.transformer, s.opt)
     s.end = cfg.iterations if max_iterations is None else min(cfg.iterations, s.start + max_iterations)
     s.segs = layout_segments(cfg.prompts_per_iter, cfg.group_size, s.W, s.rank)
     s.micro, s.dr = s.pipe.micro_conds(1), cfg.dr_config()
@@ -297,6 +340,16 @@ def _summary_last(s: Run) -> dict | None:
     return summary_metrics(old["last"]) if same and isinstance(old.get("last"), dict) else None
 
 
+def _saved_text_encoder(s: Run):
+    "The text encoder the final model is saved with: the base's, as loaded (the run may hold a bf16 copy)."
+    te = s.pipe.text_encoder
+    if not isinstance(te, torch.nn.Module) or next(te.parameters()).dtype == torch.float32 or s.base is None:
+        return te
+    from maskfocus.models.text import CLIPTextEncoder
+
+    return CLIPTextEncoder.load(s.base)
+
+
 def finish(
     s: Run,  # the run after its iterations
     t_start: float,  # perf_counter when the call began
@@ -308,7 +361,7 @@ def finish(
         if s.main:
             p = s.pipe
             with atomic_dir(final) as tmp:  # a kill leaves the old final/ (or none) or the complete new one
-                MaskedPipeline(s.acc.unwrap_model(s.model), p.text_encoder, p.tokenizer, p.sampling).save(tmp)
+                MaskedPipeline(s.acc.unwrap_model(s.model), _saved_text_encoder(s), p.tokenizer, p.sampling).save(tmp)
             summary = {"config": s.cfg.to_dict(), "iterations": s.end, "world_size": s.W, "budgets": s.budgets}
             summary["last"] = _summary_last(s)
             write_json_atomic(s.out / "train_summary.json", summary)

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/rl/11_trainer.ipynb #571ef8f2
 from __future__ import annotations
-import contextlib, time
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -12,12 +12,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..core import InputError, atomic_write, repo_root, resolve
+from ..core import InputError, repo_root, resolve
 from ..runs import save_checkpoint
 from .config import RLConfig
 from .css import select_steps
-from .grpo import gathered_advantages, grpo_loss
-from .logprob import StepBatch, step_logps
+from .grpo import gathered_advantages
 from ..models.pipeline import MaskedPipeline
 from .pieces import cat_batches, draw_prompts, gather_named, image_grid, merge_reward_metrics
 from .pieces import step_hist, tag_counts, unit_generator
@@ -25,11 +24,11 @@ from .rewards import reward_metrics
 from .rollout import rollout
 from .state import Run, finish, make_reference, open_run, progress_line, resume_run, setup  # noqa: F401
 from .state import checkpoint_extra, warn_constant_reward
+from .update import Frozen, Plans, Update, frozen_logps, update  # noqa: F401
 
 # %% auto #0
 __all__ = ['EVALUATORS', 'UPDATE_STATS', 'REDUCE', 'iteration_prompts', 'Rollouts', 'roll_out', 'Scores', 'score', 'advantages',
-           'Plans', 'plan_steps', 'Frozen', 'frozen_logps', 'Update', 'update', 'evaluate', 'metrics', 'log_metrics',
-           'checkpoint', 'train']
+           'plan_steps', 'evaluate', 'metrics', 'log_metrics', 'checkpoint', 'train']
 
 # %% ../../nbs/rl/11_trainer.ipynb #8cd48b13
 def iteration_prompts(s: Run) -> list[dict]:  # the run
@@ -102,16 +101,6 @@ def advantages(
     return adv.to(s.dev), info
 
 # %% ../../nbs/rl/11_trainer.ipynb #aa200f46
-@dataclass
-class Plans:
-    "The planned steps of an iteration: per inner iteration, one StepBatch per column over the local batch."
-
-    plans: list[list[StepBatch]]  # a plan shared by several inner iterations is the same list
-    hist: torch.Tensor  # [N] float64 trained steps of this process (step_hist)
-    n_local: torch.Tensor  # [mu, columns] float64 scored tokens of this process
-    n_global: torch.Tensor  # the same, summed over the processes
-
-
 def _selector(s: Run, traj, gen) -> Callable:  # () -> the Selection of the group's steps
     c = s.cfg
     tok = s.pipe.tokenizer
@@ -134,121 +123,6 @@ def plan_steps(
     n_local = torch.tensor([[float(b.score_mask.sum()) for b in p] for p in plans], dtype=torch.float64, device=dev)
     n_global = s.acc.reduce(n_local.clone(), "sum") if s.W > 1 else n_local
     return Plans(plans, step_hist(plans, cfg.steps), n_local, n_global)
-
-# %% ../../nbs/rl/11_trainer.ipynb #eb72eb0e
-@dataclass
-class Frozen:
-    "What the update reads without gradient: the prompt states and the frozen log-probs by `est.logp_key`."
-
-    th: torch.Tensor  # [B, L, D] prompt states
-    pooled: torch.Tensor  # [B, P] pooled prompt vectors
-    old: dict  # old-policy log-probs (the update adds those of inner iteration 0)
-    ref: dict  # reference log-probs (empty when beta == 0)
-
-
-@torch.no_grad()
-def frozen_logps(
-    s: Run,  # the run
-    pl: Plans,  # the planned steps
-    ro: Rollouts,  # this process's rollouts (their prompts)
-) -> Frozen:
-    "Encode the prompts; the old policy's log-probs needed before the first step, and the reference's."
-    th, pooled = s.pipe.encode_prompts(ro.prompts)
-    fr, est = Frozen(th, pooled, {}, {}), s.est
-    if est.per_inner:  # old policy of inner iterations 1..mu-1: before the first optimizer step
-        unwrapped = s.acc.unwrap_model(s.model)
-        for j in range(1, s.cfg.mu):
-            for k, b in enumerate(pl.plans[j]):
-                fr.old[est.logp_key(j, k)] = step_logps(unwrapped, b, th, pooled, s.micro, est)
-    for j, plan in enumerate(pl.plans if s.reference is not None else []):
-        for k, b in enumerate(plan):
-            if (key := est.logp_key(j, k)) not in fr.ref:
-                fr.ref[key] = step_logps(s.reference, b, th, pooled, s.micro, est)
-    return fr
-
-# %% ../../nbs/rl/11_trainer.ipynb #a752a71c
-def _backward(s: Run, pl: Plans, fr: Frozen, adv: torch.Tensor, j: int, k: int) -> dict:
-    "Loss of column k of inner iteration j and its backward (gradients synced on the plan's last column only)."
-    cfg, plan = s.cfg, pl.plans[j]
-    b = plan[k]
-    with contextlib.nullcontext() if k == len(plan) - 1 else s.acc.no_sync(s.model):
-        lp, logits = step_logps(s.model, b, fr.th, fr.pooled, s.micro, s.est, return_logits=True)
-        key = s.est.logp_key(j, k)
-        if key not in fr.old:
-            fr.old[key] = lp.detach()
-        loss, st = grpo_loss(
-            lp,
-            fr.old[key],
-            adv,
-            b.score_mask,
-            fr.ref.get(key),
-            beta=cfg.beta,
-            clip=cfg.clip,
-            ratio_level=cfg.ratio_level,
-            token_mean=cfg.token_mean,
-            logits=logits,
-        )
-        scale = 1.0 / len(plan) if cfg.step_loss == "mean" else 1.0
-        if cfg.token_mean == "batch" and cfg.ratio_level == "token" and s.W > 1:
-            scale *= float(pl.n_local[j, k]) * s.W / max(float(pl.n_global[j, k]), 1.0)
-        (loss * scale).backward()
-    return st
-
-
-def _first_update(s: Run, it: int):
-    "After this call's first backward passes: trainable parameters without gradient; the gradients (debug)."
-    trainable = [(n, p) for n, p in s.acc.unwrap_model(s.model).named_parameters() if p.requires_grad]
-    s.no_grad = [n for n, p in trainable if p.grad is None or not bool(p.grad.any())]
-    if s.debug_grads_path is not None and s.main:
-        from safetensors.torch import save_file
-
-        zero = torch.zeros_like
-        grads = {
-            n: (p.grad if p.grad is not None else zero(p)).detach().cpu().contiguous().clone() for n, p in trainable
-        }
-        with atomic_write(s.debug_grads_path) as tmpf:
-            save_file(grads, str(tmpf), metadata={"world_size": str(s.W), "iteration": str(it)})
-    s.first_update = False
-
-
-def _optimizer_step(s: Run) -> tuple[float, float]:  # (gradient norm, learning rate of the step)
-    "Clip the gradients (or only measure their norm), then step the optimizer and the LR schedule."
-    if s.cfg.grad_clip > 0:
-        gnorm = float(s.acc.clip_grad_norm_(s.model.parameters(), s.cfg.grad_clip))
-    else:
-        gnorm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in s.params if p.grad is not None])))
-    lr = s.sched.get_last_lr()[0]
-    s.opt.step()
-    s.sched.step()
-    return gnorm, lr
-
-# %% ../../nbs/rl/11_trainer.ipynb #c33eba00
-@dataclass
-class Update:
-    "What the update reports."
-
-    stats: list[dict]  # grpo_loss statistics of every (inner iteration, column)
-    grad_norm: float  # of the last optimizer step
-    lr: float  # learning rate of the last optimizer step
-
-
-def update(
-    s: Run,  # the run
-    it: int,  # 0-based iteration
-    pl: Plans,  # the planned steps
-    fr: Frozen,  # prompt states and frozen log-probs
-    adv: torch.Tensor,  # [local samples] advantages
-) -> Update:
-    "The mu inner iterations: one backward per planned step, then one optimizer step each."
-    stats, gnorm, lr = [], 0.0, None
-    for j, plan in enumerate(pl.plans):
-        s.opt.zero_grad(set_to_none=True)
-        for k in range(len(plan)):
-            stats.append(_backward(s, pl, fr, adv, j, k))
-        if s.first_update:
-            _first_update(s, it)
-        gnorm, lr = _optimizer_step(s)
-    return Update(stats, gnorm, lr)
 
 # %% ../../nbs/rl/11_trainer.ipynb #683409c0
 EVALUATORS = {"judge": "maskfocus.toy.evaluate:evaluate_pipeline"}  # name -> "module:function" (core.resolve)
@@ -379,6 +253,7 @@ def train(
     debug_grads_path: str | Path | None = None,  # save the synced gradients of this call's first update here
     cpu: bool = False,  # force the CPU even where a GPU is visible
     report: str | Path | None = None,  # folder for dvclive/ and train_summary.json (default: dvclive in out/run)
+    device: str | None = None,  # "auto" / None: CUDA when visible, else CPU; "cpu"; "cuda" (one GPU per process)
 ) -> dict:
     "Train the pipeline's transformer with GRPO as configured; resumable exactly; returns a summary of this call."
     from tqdm.auto import tqdm
@@ -386,7 +261,7 @@ def train(
     t_start = time.perf_counter()
     if resume not in (True, False, "auto"):
         raise InputError(f"resume must be True, False or 'auto', got {resume!r}", field="resume")
-    s = setup(cfg, base, out, prompts, reward_fn, cpu, report, debug_grads_path)
+    s = setup(cfg, base, out, prompts, reward_fn, cpu, report, debug_grads_path, device)
     resume_run(s, resume)
     open_run(s, max_iterations)
     show = progress and s.main
