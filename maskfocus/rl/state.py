@@ -148,6 +148,7 @@ def _accelerator(
 ):
     "The run's accelerate.Accelerator: its device, and its mixed precision from the engine (fp32 master weights)."
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
 
     dev = resolve_device(device)
@@ -159,6 +160,11 @@ def _accelerator(
         )
     mp = accelerate_precision(cfg.engine["precision"], dev)
     kw = [DistributedDataParallelKwargs(find_unused_parameters=False)]
+    st = AcceleratorState() if AcceleratorState._shared_state != {} else None
+    if st is not None and (st.mixed_precision != mp or (dev.type == "cpu") != (st.device.type == "cpu")):
+        # accelerate keeps one state per process; a second run in the same process (a notebook, the tests) with
+        # another precision or device may replace it. The process group (PartialState) is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(cpu=dev.type == "cpu", mixed_precision=mp, kwargs_handlers=kw)
 
 
