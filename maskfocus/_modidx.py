@@ -398,6 +398,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'maskfocus.rl.css': { 'maskfocus.rl.css.Selection': ('rl/css.html#selection', 'maskfocus/rl/css.py'),
                                   'maskfocus.rl.css._spread': ('rl/css.html#_spread', 'maskfocus/rl/css.py'),
                                   'maskfocus.rl.css.information_gain': ('rl/css.html#information_gain', 'maskfocus/rl/css.py'),
+                                  'maskfocus.rl.css.max_selectable': ('rl/css.html#max_selectable', 'maskfocus/rl/css.py'),
                                   'maskfocus.rl.css.num_eligible': ('rl/css.html#num_eligible', 'maskfocus/rl/css.py'),
                                   'maskfocus.rl.css.parse_strategy': ('rl/css.html#parse_strategy', 'maskfocus/rl/css.py'),
                                   'maskfocus.rl.css.pick_steps': ('rl/css.html#pick_steps', 'maskfocus/rl/css.py'),

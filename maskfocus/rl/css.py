@@ -16,7 +16,7 @@ from .rollout import Trajectory
 
 # %% auto #0
 __all__ = ['Alignment', 'STRATEGIES', 'num_eligible', 'step_similarity', 'information_gain', 'Selection', 'parse_strategy',
-           'pick_steps', 'select_steps', 'train_mask_count', 'train_timestep', 'train_mask']
+           'max_selectable', 'pick_steps', 'select_steps', 'train_mask_count', 'train_timestep', 'train_mask']
 
 # %% ../../nbs/rl/04_css.ipynb #433ea39d
 Alignment = Literal["paper_code", "consistent"]
@@ -56,7 +56,8 @@ def information_gain(
     return (S[1 : E + 1] - S[:E]).abs()
 
 # %% ../../nbs/rl/04_css.ipynb #ddac300a
-STRATEGIES = ("critical", "random", "random_early", "early_window", "uniform", "all")
+STRATEGIES = ("critical", "random", "random_early", "early_window", "uniform", "all", "window")
+_WITH_ARG = ("random_early", "early_window", "window")  # the strategies that take a parameter
 
 
 @dataclass
@@ -69,24 +70,53 @@ class Selection:
 
 
 def parse_strategy(
-    strategy: str,  # e.g. "critical", "random_early", "random_early(0.3)", "early_window(0.25)"
-) -> tuple[str, float | None]:  # (name, parameter or None)
+    strategy: str,  # e.g. "critical", "random_early", "random_early(0.3)", "early_window(0.25)", "window(3)"
+) -> tuple[str, float | int | None]:  # (name, parameter or None; window's parameter is an int)
     "Split a strategy spec into its name and optional parameter."
     m = re.fullmatch(r"\s*([a-z_]+)\s*(?:\(\s*([0-9.eE+-]+)\s*\))?\s*", strategy) if isinstance(strategy, str) else None
-    if (
-        not m
-        or m.group(1) not in STRATEGIES
-        or (m.group(2) is not None and m.group(1) not in ("random_early", "early_window"))
-    ):
+    if not m or m.group(1) not in STRATEGIES or (m.group(2) is not None and m.group(1) not in _WITH_ARG):
         raise InputError(
             f"unknown step-selection strategy {strategy!r} (known: {', '.join(STRATEGIES)}; "
-            "random_early(p) and early_window(frac) take a fraction)",
+            "random_early(p) and early_window(frac) take a fraction, window(n) a number of start steps)",
             field="strategy",
         )
+    if m.group(2) is None:
+        return m.group(1), None
     try:
-        return m.group(1), (float(m.group(2)) if m.group(2) is not None else None)
+        x = float(m.group(2))
     except ValueError:
         raise InputError(f"bad parameter in {strategy!r}", field="strategy") from None
+    if m.group(1) == "window":
+        if not (x.is_integer() and x >= 1):
+            raise InputError(
+                f"window(n) takes a whole number n >= 1 of start steps, got {strategy!r}", field="strategy"
+            )
+        return "window", int(x)
+    return m.group(1), x
+
+
+def max_selectable(
+    N: int,  # sampling steps of the rollout
+    strategy: str,  # see STRATEGIES
+    alignment: Alignment = "paper_code",  # which steps are eligible, see `num_eligible`
+    p: float = 0.4,  # random_early fraction (when the strategy names none)
+    frac: float = 0.2,  # early_window fraction (when the strategy names none)
+    start_choices: int = 3,  # window: number of possible start steps (when the strategy names none)
+) -> int:  # the largest K the strategy accepts (`all` takes exactly E)
+    "The most steps a strategy can choose: E, the first ceil(f·N) steps (early ones), or E - n + 1 (window(n))."
+    name, arg = parse_strategy(strategy)
+    E = num_eligible(N, alignment)
+    if name in ("random_early", "early_window"):
+        f = arg if arg is not None else (p if name == "random_early" else frac)
+        if not 0 < f <= 1:
+            raise InputError(f"the {name} fraction must lie in (0, 1], got {f}", field="strategy")
+        return min(E, math.ceil(f * N - 1e-9))
+    if name == "window":
+        n = arg if arg is not None else start_choices
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InputError(f"start_choices must be a positive int, got {n!r}", field="start_choices")
+        return max(0, E - n + 1)
+    return E
 
 
 def _spread(W: int, K: int) -> torch.Tensor:
@@ -98,7 +128,7 @@ def pick_steps(
     B: int,  # samples
     group_size: int,  # G (consecutive samples share a prompt)
     K: int | None,  # steps to pick (ignored by "all")
-    strategy: str = "critical",  # see STRATEGIES; "random_early(p)" / "early_window(frac)" also accepted
+    strategy: str = "critical",  # see STRATEGIES; "random_early(p)", "early_window(frac)", "window(n)" also accepted
     per: Literal["group", "sample"] = "group",  # rank/draw per prompt group (code) or per sample
     generator: torch.Generator | None = None,  # randomness of the random strategies (None: global RNG)
     S: torch.Tensor | None = None,  # [N, B] step similarities (required by "critical")
@@ -106,6 +136,7 @@ def pick_steps(
     frac: float = 0.2,  # early_window: fraction of the N steps covered by the window
     alignment: Alignment = "paper_code",  # which steps are eligible, see `num_eligible`
     device: str | torch.device | None = None,  # where the steps go (default: S's device, else CPU)
+    start_choices: int = 3,  # window: its first step is drawn among steps 0..start_choices-1 (UDM-GRPO: 3)
 ) -> Selection:
     "Choose the training steps of every sample from the step similarities (or without them)."
     name, arg = parse_strategy(strategy)
@@ -121,17 +152,12 @@ def pick_steps(
         K = E
     if not isinstance(K, int) or isinstance(K, bool) or K < 1:
         raise InputError(f"K must be a positive int, got {K!r}", field="K")
-    W = E
-    if name in ("random_early", "early_window"):
-        f = arg if arg is not None else (p if name == "random_early" else frac)
-        if not 0 < f <= 1:
-            raise InputError(f"the {name} fraction must lie in (0, 1], got {f}", field="strategy")
-        W = min(E, math.ceil(f * N - 1e-9))
+    W = max_selectable(N, strategy, alignment, p, frac, start_choices)
     if K > W:
         raise InputError(
             f"K={K} steps asked but strategy {strategy!r} allows only {W} (N={N}, alignment={alignment!r})", field="K"
         )
-    V = None
+    V, gdev = None, (generator.device if generator is not None else device)
     if name == "critical":
         if S is None or tuple(S.shape) != (N, B):
             raise InputError(f"critical selection needs S [N, B] = [{N}, {B}]", field="S")
@@ -140,8 +166,11 @@ def pick_steps(
         rows = Vr.T.argsort(dim=1, descending=True, stable=True)[:, :K].sort(dim=1).values
         V = Vr.repeat_interleave(G, dim=1)
     elif name in ("random", "random_early"):
-        gdev = generator.device if generator is not None else device
         rows = torch.rand(R, W, generator=generator, device=gdev).argsort(dim=1)[:, :K].sort(dim=1).values.to(device)
+    elif name == "window":  # K consecutive steps from a start drawn uniformly among the first n (UDM-GRPO)
+        n = arg if arg is not None else start_choices
+        start = torch.randint(n, (R, 1), generator=generator, device=gdev).to(device)
+        rows = start + torch.arange(K, device=device)
     else:  # early_window, uniform, all: deterministic
         rows = _spread(W, K).to(device).expand(R, K)
     return Selection(steps=rows.to(device).repeat_interleave(G, dim=0).contiguous(), S=S, V=V)
@@ -157,6 +186,7 @@ def select_steps(
     p: float = 0.4,  # random_early fraction
     frac: float = 0.2,  # early_window fraction
     alignment: Alignment = "paper_code",  # see `num_eligible`, `train_timestep`
+    start_choices: int = 3,  # window: number of possible start steps (a "window(n)" strategy names its own)
 ) -> Selection:
     "Critical Step Selection (or an ablation) on a trajectory: S is computed only when the strategy needs it."
     name, _ = parse_strategy(strategy)
@@ -174,6 +204,7 @@ def select_steps(
         frac=frac,
         alignment=alignment,
         device=traj.tokens.device,
+        start_choices=start_choices,
     )
 
 # %% ../../nbs/rl/04_css.ipynb #1c98e22e

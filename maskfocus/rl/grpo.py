@@ -23,6 +23,7 @@ def group_advantages(
     group_size: int,  # G
     scaling: Scaling = "group",  # "group": / group std; "batch": / batch std; "none": centred only
     eps: float = 1e-4,  # added to the std (MaskFocus code: 1e-4)
+    clip: float = 0.0,  # advantages clipped to [-clip, clip] after the scaling (UDM-GRPO: 5); 0: no clipping
 ) -> tuple[torch.Tensor, dict]:  # (advantages [B] float32, info)
     "GRPO advantages: rewards centred on their group mean and scaled by the (unbiased) std; equal-reward groups get 0."
     r = torch.as_tensor(rewards).float()
@@ -33,6 +34,8 @@ def group_advantages(
         raise InputError(f"group_size must be a positive int dividing B={B}, got {group_size!r}", field="group_size")
     if scaling not in ("group", "batch", "none"):
         raise InputError(f"scaling must be 'group', 'batch' or 'none', got {scaling!r}", field="scaling")
+    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip) or clip < 0:
+        raise InputError(f"clip must be a finite number >= 0 (0: off), got {clip!r}", field="clip")
     rg = r.reshape(-1, group_size)
     zero = (rg.amax(1) == rg.amin(1))[:, None]  # [R, 1] all rewards of the group equal
     std = rg.std(1, keepdim=True) if group_size > 1 else torch.zeros_like(rg[:, :1])
@@ -40,11 +43,14 @@ def group_advantages(
     centred = rg - rg.mean(1, keepdim=True)
     adv = centred / (std + eps) if scaling == "group" else centred / (bstd + eps) if scaling == "batch" else centred
     adv = adv.masked_fill(zero, 0.0).reshape(B)
+    clipped = adv.abs() > clip if clip else torch.zeros_like(adv, dtype=torch.bool)
+    adv = adv.clamp(-clip, clip) if clip else adv
     info = {
         "zero_std_frac": float(zero.float().mean()),
         "reward_mean": float(r.mean()),
         "reward_std": float(std.mean()),
         "batch_std": float(bstd),
+        "clip_frac": float(clipped.float().mean()),
     }
     return adv, info
 
@@ -56,6 +62,7 @@ def gathered_advantages(
     num_processes: int,  # P
     scaling: Scaling = "group",  # see `group_advantages`
     eps: float = 1e-4,  # see `group_advantages`
+    clip: float = 0.0,  # see `group_advantages` (UDM-GRPO: 5; 0: no clipping)
 ) -> tuple[torch.Tensor, dict]:  # (this process's advantages [B], info on the whole gathered batch)
     "Advantages computed on rewards already gathered across processes, sliced back to this process's rows."
     n = torch.as_tensor(all_rewards).shape[0]
@@ -64,7 +71,7 @@ def gathered_advantages(
             f"{n} gathered rewards cannot be split over {num_processes} processes (rank {process_index})",
             field="num_processes",
         )
-    adv, info = group_advantages(all_rewards, group_size, scaling, eps)
+    adv, info = group_advantages(all_rewards, group_size, scaling, eps, clip)
     b = n // num_processes
     return adv[process_index * b : (process_index + 1) * b], info
 

@@ -50,7 +50,35 @@ PRESETS: dict[str, dict] = {
     },
     # Fig. 5 "step selection": K steps uniformly at random over the whole trajectory (MaskFocus's other knobs kept).
     "random_steps": {"strategy": "random"},
+    # UDM-GRPO (ICML 2026; code Yovecent/UDM-GRPO, configs diffnext/configs/*_grpo/ursa_1.7b_ibq512.yaml and
+    # diffnext/diffnext/pipelines/ursa/pipeline_grpo.py). Each knob, with where the code sets it:
+    "udm_grpo": {
+        # the final tokens re-noised at the trained step's level (forward_process: true, clean_response: true), a
+        # fresh noise draw per sample (scheduler.add_noise on each sample) = remask_random, positions per sample
+        "estimator": "remask_random",
+        "shared_positions": False,
+        # "Reduced-Step": train_steps: 3 consecutive steps from a start drawn in train_start: [0, 3), one draw per
+        # rollout call on each GPU (a group's samples sit on different GPUs: per sample); its step i is trained on
+        # the noise level of step i, so the mask count and the timestep agree (our consistent alignment)
+        "strategy": "window(3)",
+        "K": 3,
+        "per": "sample",
+        "alignment": "consistent",
+        # "CFG-Free": rollout guidance_scale: 1, a single conditional pass (pipeline_ursa.py guides only above 1)
+        "cfg": 1.0,
+        # reward.ratio_clipping: 1e-4 (both sides), reward.advantage_clipping: 5 (after the group-std scaling),
+        # reward.kl_beta: 0.05 (k3 KL to a frozen copy)
+        "clip": (1e-4, 1e-4),
+        "adv_clip": 5.0,
+        "beta": 0.05,
+        # the 3 steps' losses averaged: gradient_accumulation_steps = train_steps, one optimizer step per rollout
+        "step_loss": "mean",
+        # no Dynamic Routing: plain sampling of the rollout
+        "dr": {"enabled": False},
+    },
 }
+
+_DICT_KEYS = ("dr", "engine")  # mappings an override merges into key by key (others replace the value)
 
 
 def _merge(base: dict, over: dict, file=None) -> dict:
@@ -59,15 +87,15 @@ def _merge(base: dict, over: dict, file=None) -> dict:
         k = str(k)
         if "." in k:  # dotted key from the command line, e.g. dr.enabled=false
             head, rest = k.split(".", 1)
-            if head not in ("dr", "reward", "reward_servers"):
+            if head not in (*_DICT_KEYS, "reward", "reward_servers"):
                 raise InputError(
-                    f"unknown RL config key {k!r} (only dr.*, reward.* and reward_servers.* may be dotted)",
+                    f"unknown RL config key {k!r} (only dr.*, engine.*, reward.* and reward_servers.* may be dotted)",
                     file=file,
                     field=k,
                 )
             out[head] = {**(out.get(head) or {}), rest: v}
-        elif k == "dr" and isinstance(v, dict):
-            out["dr"] = {**(out.get("dr") or {}), **v}
+        elif k in _DICT_KEYS and isinstance(v, dict):
+            out[k] = {**(out.get(k) or {}), **v}
         else:
             out[k] = v
     return out
@@ -75,7 +103,7 @@ def _merge(base: dict, over: dict, file=None) -> dict:
 
 def make_config(
     preset: str = "maskfocus",  # a key of PRESETS
-    overrides: dict | None = None,  # e.g. a params.yaml section or parsed --set pairs; `dr` merges key by key
+    overrides: dict | None = None,  # e.g. a params.yaml section or parsed --set pairs; `dr`, `engine` merge key by key
     file=None,  # where the overrides came from (named in errors)
 ) -> RLConfig:
     "A preset's RLConfig with overrides applied; unknown presets or keys are an InputError naming them."
