@@ -30,15 +30,11 @@ def trained_steps(cfg: RLConfig) -> int:
 
 def _check_K(cfg: RLConfig):
     "K must not exceed the steps the strategy can choose among (remask_schedule and 'all' choose none)."
-    from maskfocus.rl.css import num_eligible, parse_strategy
+    from maskfocus.rl.css import max_selectable, parse_strategy
 
-    name, arg = parse_strategy(cfg.strategy)
+    name, _ = parse_strategy(cfg.strategy)
     if cfg.estimator != "remask_schedule" and name != "all":
-        E = num_eligible(cfg.steps, cfg.alignment)
-        W = E
-        if name in ("random_early", "early_window"):
-            f = arg if arg is not None else (cfg.p if name == "random_early" else cfg.frac)
-            W = min(E, math.ceil(f * cfg.steps - 1e-9))
+        W = max_selectable(cfg.steps, cfg.strategy, cfg.alignment, cfg.p, cfg.frac)
         if cfg.K > W:
             raise InputError(
                 f"K={cfg.K} but strategy {cfg.strategy!r} can choose among {W} steps (N={cfg.steps}, alignment "

@@ -97,7 +97,9 @@ def advantages(
 ) -> tuple[torch.Tensor, dict]:  # ([local samples] advantages, info: zero_std_frac, reward_std)
     "Group-relative advantages computed on the global batch, sliced back to this process's samples."
     cfg = s.cfg
-    adv, info = gathered_advantages(sc.all.cpu(), cfg.group_size, s.rank, s.W, cfg.adv_scaling, cfg.adv_eps)
+    adv, info = gathered_advantages(
+        sc.all.cpu(), cfg.group_size, s.rank, s.W, cfg.adv_scaling, cfg.adv_eps, cfg.adv_clip
+    )
     return adv.to(s.dev), info
 
 # %% ../../nbs/rl/11_trainer.ipynb #aa200f46
@@ -186,6 +188,7 @@ def metrics(
         {
             "advantage/zero_std_frac": ainfo["zero_std_frac"],
             "advantage/reward_std": ainfo["reward_std"],
+            **({"advantage/clip_frac": ainfo["clip_frac"]} if s.cfg.adv_clip else {}),
             "update/grad_norm": up.grad_norm,
             "update/lr": up.lr,
             "select/mean_step": float((hist * torch.arange(N)).sum() / hist.sum().clamp(min=1)),
