@@ -173,3 +173,30 @@ def test_bad_engine_values_name_the_field():
         assert e.value.field == field
     with pytest.raises(InputError, match="engine must be a mapping"):
         RLConfig(engine=[1])
+
+
+def test_lora_and_ema_run_resumes_exactly(base, metas, tmp_path):
+    "LoRA + EMA: no reference copy, adapter-only checkpoints with the EMA, a merged final model, exact resume."
+    from safetensors import safe_open
+
+    import maskfocus.rl.state as st
+    from maskfocus.models.pipeline import MaskedPipeline
+    from maskfocus.runs import list_checkpoints
+
+    cfg = _cfg(lora_rank=2, ema_decay=0.5)
+    copies = st.REFERENCE_COPIES
+    straight = run(cfg, base, tmp_path / "straight", metas)
+    assert st.REFERENCE_COPIES == copies and straight["has_reference"] and straight["params_without_grad"] == []
+    ck = list_checkpoints(tmp_path / "straight" / "run")[-1]
+    with safe_open(str(ck / "weights.safetensors"), "pt") as f:
+        heads = {k.split(".")[0] for k in f.keys()}
+    assert heads == {"lora", "ema"}, "the base weights stay out of LoRA checkpoints"
+    run(cfg, base, tmp_path / "resumed", metas, max_iterations=1)
+    run(cfg, base, tmp_path / "resumed", metas)
+    a = tmp_path / "straight" / "final"
+    assert _digest(a) == _digest(tmp_path / "resumed" / "final")
+    keys = lambda d: sorted(safe_open(str(next((d / "transformer").glob("*.safetensors"))), "pt").keys())
+    assert keys(a) == keys(Path(base)), "the final model is merged, in the released layout"
+    MaskedPipeline.load(a)
+    plain = run(_cfg(lora_rank=2), base, tmp_path / "no_ema", metas)
+    assert plain["final"] and _digest(a / "transformer") != _digest(tmp_path / "no_ema" / "final" / "transformer")

@@ -12,18 +12,15 @@ import torch
 from torch import nn
 
 from ..core import InputError
+from ..models import flops
 
 # %% auto #0
 __all__ = ['LORA_TARGETS', 'ADAPTER', 'lora_targets_available', 'add_lora', 'has_lora', 'adapters_disabled', 'lora_state_dict',
            'load_lora_state_dict', 'LoraState', 'merge_lora', 'merged_model', 'EMA']
 
 # %% ../../nbs/rl/09a_adapters.ipynb #0380d23a
-LORA_TARGETS = (  # the attention and MLP projections of both block kinds (default of RLConfig.engine.lora_targets)
-    *("to_q", "to_k", "to_v", "to_out.0"),
-    *("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
-    *("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
-    *("proj_mlp", "proj_out"),
-)
+# the default targets, the attention and MLP projections of both block kinds, are a fact of the architecture
+LORA_TARGETS = flops.LORA_TARGETS
 ADAPTER = "default"  # peft's adapter name (one adapter per model)
 
 # %% ../../nbs/rl/09a_adapters.ipynb #47206b2e

@@ -10,24 +10,13 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from ..core import InputError
+from ..models.flops import LORA_TARGETS
 
 # %% auto #0
-__all__ = ['LORA_DEFAULT_TARGETS', 'SCHEDULING', 'EngineConfig', 'resolve_device', 'low_dtype', 'accelerate_precision',
-           'autocast', 'set_tf32', 'make_optimizer', 'micro_slices', 'rows_of']
+__all__ = ['SCHEDULING', 'EngineConfig', 'resolve_device', 'low_dtype', 'accelerate_precision', 'autocast', 'set_tf32',
+           'make_optimizer', 'micro_slices', 'rows_of', 'apply_lora', 'make_ema', 'checkpoint_modules']
 
 # %% ../../nbs/rl/08c_engine.ipynb #8edb47106e1a46a883d545849b8ab81b
-LORA_DEFAULT_TARGETS = (  # attention and MLP projections of maskfocus.models.transformer.MeissonicTransformer
-    "to_q",
-    "to_k",
-    "to_v",
-    "to_out.0",
-    "add_q_proj",
-    "add_k_proj",
-    "add_v_proj",
-    "to_add_out",
-    "proj_mlp",
-    "proj_out",
-)
 _PRECISIONS = ("fp32", "bf16", "fp16")
 _OPTIMIZERS = ("adamw", "adamw_8bit")
 _ROLLOUT_BATCH = ("auto", "group", "all")
@@ -74,9 +63,8 @@ class EngineConfig:
         ),
     )
     lora_alpha: float = field(default=16.0, metadata=_help("LoRA scale numerator: the update is (alpha / rank) B A"))
-    lora_dropout: float = field(default=0.0, metadata=_help("dropout on the LoRA branch's input"))
     lora_targets: list = field(
-        default_factory=lambda: list(LORA_DEFAULT_TARGETS),
+        default_factory=lambda: list(LORA_TARGETS),
         metadata=_help("names of the Linear modules that get adapters (default: attention and MLP projections)"),
     )
     ema_decay: float = field(
@@ -107,12 +95,12 @@ class EngineConfig:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise InputError(f"{k} must be an int >= {lo}, got {v!r}", field=k)
-        for k in ("lora_alpha", "lora_dropout", "ema_decay"):
+        for k in ("lora_alpha", "ema_decay"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise InputError(f"{k} must be a number >= 0, got {v!r}", field=k)
-        if not (self.ema_decay < 1 and self.lora_dropout < 1):
-            raise InputError("ema_decay and lora_dropout must be < 1", field="ema_decay")
+        if not self.ema_decay < 1:
+            raise InputError(f"ema_decay must be < 1, got {self.ema_decay!r}", field="ema_decay")
         t = self.lora_targets
         if isinstance(t, str) or not isinstance(t, (list, tuple)) or not t or not all(isinstance(x, str) for x in t):
             raise InputError(f"lora_targets must be a non-empty list of module names, got {t!r}", field="lora_targets")
@@ -260,3 +248,45 @@ def rows_of(
         cut(batch.score_mask),
         {k: cut(v) for k, v in batch.extra.items()},
     )
+
+# %% ../../nbs/rl/08c_engine.ipynb #68d03458
+def apply_lora(
+    transformer: torch.nn.Module,  # the policy (changed in place)
+    engine: EngineConfig,  # lora_rank, lora_alpha, lora_targets
+    seed: int = 0,  # initialisation of the adapters' A matrices (B starts at 0: the policy starts as the base)
+) -> bool:  # whether adapters were added
+    "Add LoRA adapters to the transformer when the engine asks for them (lora_rank > 0)."
+    if not engine.lora_rank:
+        return False
+    from maskfocus.rl.adapters import add_lora
+
+    add_lora(transformer, engine.lora_rank, engine.lora_alpha, engine.lora_targets, seed=seed)
+    return True
+
+# %% ../../nbs/rl/08c_engine.ipynb #92ee56ab
+def make_ema(
+    transformer: torch.nn.Module,  # the policy (after apply_lora: its adapters are the trainable parameters)
+    engine: EngineConfig,  # ema_decay, ema_every
+):  # a maskfocus.rl.adapters.EMA, or None when ema_decay == 0
+    "The EMA of the transformer's trainable parameters, if the engine asks for one."
+    if not engine.ema_decay:
+        return None
+    from maskfocus.rl.adapters import EMA
+
+    named = [(n, p) for n, p in transformer.named_parameters() if p.requires_grad]
+    return EMA(named, engine.ema_decay, engine.ema_every)
+
+# %% ../../nbs/rl/08c_engine.ipynb #9a107fe6
+def checkpoint_modules(
+    transformer: torch.nn.Module,  # the policy, unwrapped
+    lora: bool,  # whether it carries adapters (only they are saved)
+    ema=None,  # its EMA, if any
+) -> dict:  # {name: object with state_dict / load_state_dict} for maskfocus.runs.save_checkpoint
+    "What a checkpoint holds of the model: the transformer, or only its adapters under LoRA; and the EMA."
+    if lora:
+        from maskfocus.rl.adapters import LoraState
+
+        modules = {"lora": LoraState(transformer)}
+    else:
+        modules = {"transformer": transformer}
+    return modules if ema is None else {**modules, "ema": ema}

@@ -5,79 +5,28 @@
 # %% ../../nbs/rl/13_plan.ipynb #6fe15a6f
 from __future__ import annotations
 import json, math
-from dataclasses import fields
 from pathlib import Path
 
 from ..core import HelpFormatter, InputError, read_params
 from ..models.meissonic_config import MeissonicConfig
 from .budgets import derived_budgets
 from .config import RLConfig
+from .engine import EngineConfig
 from .presets import make_config
 
 # %% auto #0
-__all__ = ['ENGINE_DEFAULTS', 'SHARDINGS', 'engine_config', 'plan_config', 'plan_memory', 'format_plan', 'plan_command',
-           'add_plan_parser']
+__all__ = ['SHARDINGS', 'plan_config', 'plan_memory', 'format_plan', 'plan_command', 'add_plan_parser']
 
 # %% ../../nbs/rl/13_plan.ipynb #3a489c1a
-ENGINE_DEFAULTS = dict(
-    precision="fp32",
-    tf32=True,
-    grad_checkpointing=False,
-    micro_batch=0,
-    optimizer="adamw",
-    lora_rank=0,
-    lora_alpha=16.0,
-    lora_dropout=0.0,
-    lora_targets=None,
-    ema_decay=0.0,
-    ema_every=1,
-    rollout_batch="auto",
-    compile=False,
-)  # the engine knobs (maskfocus.rl.engine.EngineConfig) and their defaults
-_ENGINE_CHOICES = {"precision": ("fp32", "bf16", "fp16"), "optimizer": ("adamw", "adamw_8bit")}
-
-
-def engine_config(
-    engine: dict | None,  # a section's `engine` mapping (None: all defaults)
-    file=None,  # where it came from (named in errors)
-) -> dict:  # every knob of ENGINE_DEFAULTS
-    "The engine knobs with their defaults filled in; unknown keys and bad values are InputErrors."
-    e = dict(engine or {})
-    if not isinstance(engine or {}, dict):
-        raise InputError(f"engine must be a mapping, got {engine!r}", file=file, field="engine")
-    for k in e:
-        if k not in ENGINE_DEFAULTS:
-            raise InputError(
-                f"unknown engine knob (known: {', '.join(ENGINE_DEFAULTS)})", file=file, field=f"engine.{k}"
-            )
-    e = {**ENGINE_DEFAULTS, **e}
-    for k, ok in _ENGINE_CHOICES.items():
-        if e[k] not in ok:
-            raise InputError(f"must be one of {', '.join(ok)}, got {e[k]!r}", file=file, field=f"engine.{k}")
-    for k in ("micro_batch", "lora_rank"):
-        if isinstance(e[k], bool) or not isinstance(e[k], int) or e[k] < 0:
-            raise InputError(f"must be an int >= 0, got {e[k]!r}", file=file, field=f"engine.{k}")
-    d = e["ema_decay"]
-    if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
-        raise InputError(f"must be a number in [0, 1), got {d!r}", file=file, field="engine.ema_decay")
-    if not isinstance(e["grad_checkpointing"], bool):
-        raise InputError("must be true or false", file=file, field="engine.grad_checkpointing")
-    return e
-
-
 def plan_config(
     section: dict,  # a params section: RLConfig keys, `preset`, `engine`
     file=None,  # where it came from (named in errors)
-) -> tuple[RLConfig, dict]:  # (the run's RLConfig, its engine knobs)
-    "The RLConfig and engine knobs of a params section (engine / adv_clip popped while RLConfig lacks them)."
+) -> tuple[RLConfig, dict]:  # (the run's RLConfig, its engine knobs: every EngineConfig field)
+    "The RLConfig of a params section and its engine knobs."
     d = dict(section)
     preset = d.pop("preset", "maskfocus")
-    known = {f.name for f in fields(RLConfig)}
-    engine = d.pop("engine", None) if "engine" not in known else None
-    if "adv_clip" not in known:
-        d.pop("adv_clip", None)
     cfg = make_config(preset, d, file=file)
-    return cfg, engine_config(getattr(cfg, "engine", engine), file)
+    return cfg, cfg.engine
 
 # %% ../../nbs/rl/13_plan.ipynb #5d2c8b81
 def _act_profile(model: MeissonicConfig, grid, text_len: int, precision: str, ckpt: bool) -> dict:
@@ -148,7 +97,7 @@ SHARDINGS = ("none", "zero2", "fsdp")
 
 def plan_memory(
     cfg: RLConfig,  # the run's configuration
-    engine: dict | None = None,  # engine knobs (engine_config; None: defaults)
+    engine: dict | None = None,  # engine knobs (EngineConfig fields; None: the config's)
     model: MeissonicConfig | None = None,  # transformer sizes (default: the released Meissonic)
     gpus: int = 1,  # number of GPUs (processes)
     sharding: str = "none",  # none (DDP), zero2 (gradients + optimizer sharded), fsdp (also the weights)
@@ -156,16 +105,16 @@ def plan_memory(
     text_len: int = 77,  # text tokens per prompt
 ) -> dict:  # lines [(name, phase, bytes)], phases, total, flops, counts
     "Per-GPU memory by line and phase, and the FLOPs of one iteration, of a configuration on `gpus` GPUs."
-    from maskfocus.models.flops import forward_flops, lora_param_count, LORA_TARGETS, param_counts, pipeline_counts
+    from maskfocus.models.flops import forward_flops, lora_param_count, param_counts, pipeline_counts
 
     if sharding not in SHARDINGS:
         raise InputError(f"must be one of {', '.join(SHARDINGS)}, got {sharding!r}", field="--sharding")
-    e, model = engine_config(engine), model or MeissonicConfig.meissonic()
+    e, model = EngineConfig.normalise(cfg.engine if engine is None else engine), model or MeissonicConfig.meissonic()
     b = derived_budgets(cfg, gpus, hw=grid[0] * grid[1])  # also checks gpus and the batch split
     S = b["samples_per_process"]
     counts = {
         "params": param_counts(model),
-        "lora": lora_param_count(model, e["lora_rank"], e["lora_targets"] or LORA_TARGETS),
+        "lora": lora_param_count(model, e["lora_rank"], e["lora_targets"]),
         "pipeline": pipeline_counts(grid),
         "forward_flops": forward_flops(model, grid, text_len)["total"],
         "trained_steps": b["trained_steps_per_sample"],

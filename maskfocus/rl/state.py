@@ -4,7 +4,7 @@
 
 # %% ../../nbs/rl/10_state.ipynb #21956b64
 from __future__ import annotations
-import copy, json, shutil, sys, time
+import contextlib, copy, json, shutil, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,7 +17,8 @@ from ..runs import folder_identity, list_checkpoints, load_checkpoint, lr_lambda
 from ..runs import truncate_dvclive
 from .budgets import derived_budgets, format_budgets, layout_segments
 from .config import RLConfig
-from .engine import accelerate_precision, low_dtype, make_optimizer, resolve_device, set_tf32
+from .engine import accelerate_precision, apply_lora, checkpoint_modules, low_dtype, make_ema
+from .engine import make_optimizer, resolve_device, set_tf32
 from .logprob import make_estimator
 from ..models.pipeline import MaskedPipeline
 from .pieces import prompt_weights, read_prompts
@@ -59,6 +60,8 @@ class Run:
     data_rng: np.random.Generator  # the data stream (checkpointed)
     report: Path | None = None  # folder of the metrics and the summary (None: dvclive under out/run)
     base: Path | None = None  # the base pipeline folder (its text encoder is saved with the final model)
+    lora: bool = False  # the transformer carries LoRA adapters (only they train; the reference: adapters off)
+    ema: object = None  # the EMA of the trained parameters (maskfocus.rl.adapters.EMA), if any
     debug_grads_path: str | Path | None = None  # save the synced gradients of the first update here
     model: torch.nn.Module | None = None  # the transformer wrapped for the processes (open_run)
     start: int = 0  # first iteration of this call
@@ -172,18 +175,19 @@ def _engine_models(
     cfg: RLConfig,  # its engine and beta
     pipe: MaskedPipeline,  # the loaded pipeline (changed in place)
     dev: torch.device,  # where it runs
-) -> torch.nn.Module | None:  # the KL reference (None when beta == 0)
-    "Apply the engine to the loaded pipeline: TF32, checkpointing, frozen parts stored in the low precision."
+) -> tuple[torch.nn.Module | None, bool]:  # (the KL reference model or None, whether LoRA is on)
+    "Apply the engine to the loaded pipeline: TF32, checkpointing, LoRA, frozen parts stored in the low precision."
     eng = cfg.engine_config()
     set_tf32(eng.tf32, dev)
     pipe.transformer.gradient_checkpointing = eng.grad_checkpointing
     low = low_dtype(eng.precision)
     if low != torch.float32 and isinstance(pipe.text_encoder, torch.nn.Module):
         pipe.text_encoder.to(low)  # frozen: stored in bf16 / fp16 (the final model gets the base's, see `finish`)
-    reference = make_reference(pipe.transformer).to(low) if cfg.beta > 0 else None
+    lora = apply_lora(pipe.transformer, eng, cfg.seed)  # with LoRA the reference is the policy, adapters off
+    reference = make_reference(pipe.transformer).to(low) if cfg.beta > 0 and not lora else None
     if eng.compile:
         pipe.transformer.compile()
-    return reference
+    return reference, lora
 
 
 def setup(
@@ -210,7 +214,7 @@ def setup(
     dev = torch.device("cpu") if acc.device.type == "cpu" else acc.device
     pipe = _load_pipeline(base, dev)
     budgets.update(derived_budgets(cfg, acc.num_processes, hw=pipe.grid[0] * pipe.grid[1]))
-    reference = _engine_models(cfg, pipe, dev)
+    reference, lora = _engine_models(cfg, pipe, dev)
     est = make_estimator(cfg.estimator, mask_id=int(pipe.transformer.mask_token_id), **cfg.estimator_knobs())
     reward = reward_fn if reward_fn is not None else _make_reward(cfg)
     _check_vocabulary(metas, reward, cfg.train_prompts if prompts is None else prompts)
@@ -223,6 +227,8 @@ def setup(
         *(cfg, acc, pipe, reference, est, reward, opt, sched, metas, weights, budgets, Path(out), rng),
         report=report,
         base=Path(base),
+        lora=lora,
+        ema=make_ema(pipe.transformer, cfg.engine_config()),
         debug_grads_path=debug_grads_path,
         identity=identity,
     )
@@ -235,7 +241,7 @@ def resume_run(
     "Load the checkpoint the run continues from, if any: same config and base, newest intact (`runs.resume_from`)."
     ck = resume_from(s.run_dir, s.cfg.fingerprint(), resume, s.main, s.acc.wait_for_everyone, identity=s.identity)
     if ck is not None:
-        st = load_checkpoint(ck, {"transformer": s.pipe.transformer}, s.opt, s.sched, s.gens)
+        st = load_checkpoint(ck, checkpoint_modules(s.pipe.transformer, s.lora, s.ema), s.opt, s.sched, s.gens)
         s.start, s.last = st["step"], st["extra"].get("last")
     return s.start
 
@@ -346,6 +352,17 @@ def _summary_last(s: Run) -> dict | None:
     return summary_metrics(old["last"]) if same and isinstance(old.get("last"), dict) else None
 
 
+def _saved_transformer(s: Run) -> torch.nn.Module:
+    "The transformer the final model is saved with: its EMA weights if any, LoRA merged into the base."
+    t = s.acc.unwrap_model(s.model)
+    if s.ema is None and not s.lora:
+        return t
+    from maskfocus.rl.adapters import merged_model
+
+    with s.ema.swapped() if s.ema is not None else contextlib.nullcontext():
+        return merged_model(t) if s.lora else copy.deepcopy(t)
+
+
 def _saved_text_encoder(s: Run):
     "The text encoder the final model is saved with: the base's, as loaded (the run may hold a bf16 copy)."
     te = s.pipe.text_encoder
@@ -367,7 +384,7 @@ def finish(
         if s.main:
             p = s.pipe
             with atomic_dir(final) as tmp:  # a kill leaves the old final/ (or none) or the complete new one
-                MaskedPipeline(s.acc.unwrap_model(s.model), _saved_text_encoder(s), p.tokenizer, p.sampling).save(tmp)
+                MaskedPipeline(_saved_transformer(s), _saved_text_encoder(s), p.tokenizer, p.sampling).save(tmp)
             summary = {"config": s.cfg.to_dict(), "iterations": s.end, "world_size": s.W, "budgets": s.budgets}
             summary["last"] = _summary_last(s)
             write_json_atomic(s.out / "train_summary.json", summary)
@@ -377,7 +394,8 @@ def finish(
     cks = list_checkpoints(s.run_dir)
     return {
         **{"start": s.start, "end": s.end, "iterations": s.cfg.iterations, "world_size": s.W, "rank": s.rank},
-        **{"history": s.history, "has_reference": s.reference is not None, "params_without_grad": s.no_grad},
+        **{"history": s.history, "params_without_grad": s.no_grad},
+        "has_reference": s.reference is not None or (s.lora and s.cfg.beta > 0),
         "budgets": s.budgets,
         "checkpoint": str(s.last_ck) if s.last_ck else (str(cks[-1]) if cks else None),
         "final": str(final) if final else None,

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/rl/11_trainer.ipynb #571ef8f2
 from __future__ import annotations
-import time
+import contextlib, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -14,6 +14,7 @@ import torch
 
 from ..core import InputError, repo_root, resolve
 from ..runs import save_checkpoint
+from .engine import checkpoint_modules
 from .config import RLConfig
 from .css import select_steps
 from .grpo import gathered_advantages
@@ -197,7 +198,8 @@ def metrics(
     )
     met.update({f"select/hist/{x:03d}": float(hist[x]) for x in range(N)})
     if s.cfg.eval_every and (it + 1) % s.cfg.eval_every == 0:
-        met.update(evaluate(s.cfg, s.pipe, s.acc))
+        with s.ema.swapped() if s.ema is not None else contextlib.nullcontext():  # the EMA weights are evaluated
+            met.update(evaluate(s.cfg, s.pipe, s.acc))
     met["time/iteration"] = time.perf_counter() - t[0]
     return met
 
@@ -237,7 +239,7 @@ def checkpoint(
         return
     if s.main:
         extra = checkpoint_extra(s, it, met)
-        modules = {"transformer": s.acc.unwrap_model(s.model)}
+        modules = checkpoint_modules(s.acc.unwrap_model(s.model), s.lora, s.ema)
         s.last_ck = save_checkpoint(
             s.run_dir, it + 1, modules, s.opt, s.sched, s.gens, extra=extra, keep=cfg.keep_checkpoints
         )

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..core import atomic_write
+from .adapters import adapters_disabled
 from .engine import autocast, micro_slices, rows_of
 from .grpo import grpo_loss
 from .logprob import StepBatch, step_logps
@@ -57,11 +58,13 @@ def frozen_logps(
         for j in range(1, s.cfg.mu):
             for k, b in enumerate(pl.plans[j]):
                 fr.old[est.logp_key(j, k)] = step_logps(unwrapped, b, th, pooled, s.micro, est)
-    for j, plan in enumerate(pl.plans if s.reference is not None else []):
-        for k, b in enumerate(plan):
-            if (key := est.logp_key(j, k)) not in fr.ref:
-                with autocast(s.dev, s.cfg.engine["precision"]):  # as the policy's forward (accelerate's autocast)
-                    fr.ref[key] = step_logps(s.reference, b, th, pooled, s.micro, est)
+    ref = s.reference if s.reference is not None or s.cfg.beta == 0 else s.acc.unwrap_model(s.model)
+    off = adapters_disabled(ref) if s.reference is None and ref is not None else contextlib.nullcontext()
+    with off, autocast(s.dev, s.cfg.engine["precision"]):  # LoRA: the base; autocast: as the policy's forward
+        for j, plan in enumerate(pl.plans if ref is not None else []):
+            for k, b in enumerate(plan):
+                if (key := est.logp_key(j, k)) not in fr.ref:
+                    fr.ref[key] = step_logps(ref, b, th, pooled, s.micro, est)
     return fr
 
 # %% ../../nbs/rl/10a_update.ipynb #3f260c5c
@@ -129,6 +132,8 @@ def _first_update(s: Run, it: int):
     "After this call's first backward passes: trainable parameters without gradient; the gradients (debug)."
     trainable = [(n, p) for n, p in s.acc.unwrap_model(s.model).named_parameters() if p.requires_grad]
     s.no_grad = [n for n, p in trainable if p.grad is None or not bool(p.grad.any())]
+    if s.lora:  # LoRA's B starts at 0, so every A has a zero gradient in the first update: expected, not a bug
+        s.no_grad = [n for n in s.no_grad if ".lora_A." not in n]
     if s.debug_grads_path is not None and s.main:
         from safetensors.torch import save_file
 
@@ -150,6 +155,8 @@ def _optimizer_step(s: Run) -> tuple[float, float]:  # (gradient norm, learning 
     lr = s.sched.get_last_lr()[0]
     s.opt.step()
     s.sched.step()
+    if s.ema is not None:
+        s.ema.update(s.sched.last_epoch)  # optimizer steps taken (the schedule's state resumes it)
     return gnorm, lr
 
 # %% ../../nbs/rl/10a_update.ipynb #5d2a7783
