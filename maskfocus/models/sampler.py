@@ -96,7 +96,7 @@ class StepOut:
 
     tokens: torch.Tensor  # int64: the map after the step (re-masked positions hold the mask id)
     x0_hat: torch.Tensor  # int64: the full prediction (draws at masked positions, known tokens elsewhere)
-    logp: torch.Tensor  # float32: log p(x0_hat) under the (tempered) distribution, clamped at log(1e-20)
+    logp: torch.Tensor  # float32: log p(x0_hat) (tempered), clamped at log(1e-20); 0 at known positions if masked_only
     confidence: (
         torch.Tensor
     )  # float32: logp + τ_s·Gumbel at masked positions, +inf at known ones (no noise at the last step)
@@ -150,6 +150,37 @@ def _check_step_inputs(logits, tokens, temperature):
     return B, HW, V
 
 
+def _draw_all(l, tok, unknown, temperature, generator):
+    "x0_hat and log p(x0_hat) [B,HW]: one multinomial over all B·HW positions (`AmusedScheduler`'s draw, the default)."
+    B, HW, V = l.shape
+    l = l.float()
+    if temperature is not None:
+        l = l / temperature.reshape(B, HW, 1).to(l)
+    probs = l.softmax(dim=-1)  # [B,HW,V]
+    # draw 1: one multinomial over [B*HW, V], on the generator's device
+    gdev = generator.device if generator is not None else probs.device
+    drawn = torch.multinomial(probs.to(gdev).reshape(B * HW, V), 1, generator=generator).to(probs.device).view(B, HW)
+    x0 = torch.where(unknown, drawn, tok)
+    logp = probs.gather(-1, x0.clamp(0, V - 1)[..., None])[..., 0].clamp(min=1e-20).log()
+    return x0, logp
+
+
+def _draw_masked(l, tok, unknown, temperature, generator):
+    "x0_hat and log p(x0_hat) [B,HW] with softmax and draw at the M masked positions only; log p = 0 at known ones."
+    B, HW, V = l.shape
+    lm = l[unknown].float()  # [M,V]: the same values as the full path's rows
+    if temperature is not None:
+        lm = lm / temperature.reshape(B, HW)[unknown][:, None].to(lm)
+    probs = lm.softmax(dim=-1)
+    x0, logp = tok.clone(), torch.zeros(B, HW, dtype=torch.float32, device=tok.device)
+    if probs.shape[0]:
+        gdev = generator.device if generator is not None else probs.device
+        drawn = torch.multinomial(probs.to(gdev), 1, generator=generator).to(probs.device)  # [M,1]
+        x0[unknown] = drawn[:, 0]
+        logp[unknown] = probs.gather(-1, drawn)[:, 0].clamp(min=1e-20).log()
+    return x0, logp
+
+
 def maskgit_step(
     logits: torch.Tensor,  # [B,V,H,W] (the model's layout) or [B,HW,V]; already guided
     tokens: torch.Tensor,  # [B,HW] or [B,H,W] int64: current map, `mask_id` where unknown
@@ -161,6 +192,7 @@ def maskgit_step(
     temperature: torch.Tensor | None = None,  # per-token softmax temperature [B,HW] (or [B,H,W]); None = 1
     schedule: Schedule = "cosine",  # mask schedule, "cosine" or "linear"
     ties: Literal["exact", "threshold"] = "exact",  # re-mask exactly n_s, or diffusers' strict cut-off rule
+    masked_only: bool = False,  # softmax and draws at masked positions only (another random stream; logp 0 at known)
 ) -> StepOut:
     "One MaskGIT unmasking step batched over samples and positions, with the random draws of `AmusedScheduler.step`."
     B, HW, V = _check_step_inputs(logits, tokens, temperature)
@@ -173,16 +205,9 @@ def maskgit_step(
     shape = tokens.shape
     tok = tokens.reshape(B, HW)
     l = logits.reshape(B, V, HW).permute(0, 2, 1) if logits.ndim == 4 else logits  # [B,HW,V] view
-    l = l.float()
-    if temperature is not None:
-        l = l / temperature.reshape(B, HW, 1).to(l)
-    probs = l.softmax(dim=-1)  # [B,HW,V]
     unknown = tok == mask_id
-    # draw 1: one multinomial over [B*HW, V], on the generator's device
-    gdev = generator.device if generator is not None else probs.device
-    drawn = torch.multinomial(probs.to(gdev).reshape(B * HW, V), 1, generator=generator).to(probs.device).view(B, HW)
-    x0 = torch.where(unknown, drawn, tok)
-    logp = probs.gather(-1, x0.clamp(0, V - 1)[..., None])[..., 0].clamp(min=1e-20).log()
+    x0, logp = (_draw_masked if masked_only else _draw_all)(l, tok, unknown, temperature, generator)
+    gdev = generator.device if generator is not None else l.device
     if step == N - 1:  # last step: commit everything, draw no noise
         conf = torch.where(unknown, logp, torch.inf)
         return StepOut(
@@ -193,10 +218,10 @@ def maskgit_step(
             torch.zeros(B, dtype=torch.long, device=tok.device),
         )
     # draw 2: uniform noise [B, HW] float32 on the generator's device -> Gumbel
-    u = torch.empty(B, HW, dtype=torch.float32, device=gdev).uniform_(0, 1, generator=generator).to(probs.device)
+    u = torch.empty(B, HW, dtype=torch.float32, device=gdev).uniform_(0, 1, generator=generator).to(l.device)
     g = -(-u.clamp(min=1e-20).log()).clamp(min=1e-20).log()
     conf = torch.where(
-        unknown, logp + torch.as_tensor(gumbel_temp, dtype=torch.float32, device=probs.device) * g, torch.inf
+        unknown, logp + torch.as_tensor(gumbel_temp, dtype=torch.float32, device=l.device) * g, torch.inf
     )
     n = num_masks_after(step, N, HW, unknown.sum(-1), schedule)  # [B]
     if ties == "exact":
@@ -308,6 +333,7 @@ def sample(
     temperature_fn: Callable | None = None,  # (logits [B,HW,V], tokens [B,HW], step) -> temperature [B,HW] or None
     on_step: Callable | None = None,  # called as on_step(step, StepOut) after every step
     return_x0: bool = False,  # also return every step's x0_hat, [N,B,H,W]
+    masked_only: bool = False,  # sampling step at masked positions only (see `maskgit_step`; another random stream)
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     "Generate token maps [B,H,W] by N MaskGIT steps with classifier-free guidance (one model call per step)."
     V, mask_id, B = _check_sample_args(model, N, grid, text_hidden, pooled)
@@ -328,7 +354,7 @@ def sample(
         logits = _guided_logits(model, tokens.view(B, H, W), text_hidden, pooled, ts[s], micro_conds, guide, V)
         T = None if temperature_fn is None else temperature_fn(_per_position(logits), tokens, s)
         out = maskgit_step(
-            logits, tokens, s, N, mask_id, generator, taus[s], temperature=T, schedule=schedule, ties=ties
+            logits, tokens, s, N, mask_id, generator, taus[s], T, schedule, ties, masked_only=masked_only
         )
         tokens = out.tokens
         if x0s is not None:

@@ -249,7 +249,7 @@ def rows_of(
         {k: cut(v) for k, v in batch.extra.items()},
     )
 
-# %% ../../nbs/rl/08c_engine.ipynb #68d03458
+# %% ../../nbs/rl/08c_engine.ipynb #2680fc8c
 def apply_lora(
     transformer: torch.nn.Module,  # the policy (changed in place)
     engine: EngineConfig,  # lora_rank, lora_alpha, lora_targets
@@ -263,7 +263,7 @@ def apply_lora(
     add_lora(transformer, engine.lora_rank, engine.lora_alpha, engine.lora_targets, seed=seed)
     return True
 
-# %% ../../nbs/rl/08c_engine.ipynb #92ee56ab
+# %% ../../nbs/rl/08c_engine.ipynb #71ea0d71
 def make_ema(
     transformer: torch.nn.Module,  # the policy (after apply_lora: its adapters are the trainable parameters)
     engine: EngineConfig,  # ema_decay, ema_every
@@ -276,7 +276,7 @@ def make_ema(
     named = [(n, p) for n, p in transformer.named_parameters() if p.requires_grad]
     return EMA(named, engine.ema_decay, engine.ema_every)
 
-# %% ../../nbs/rl/08c_engine.ipynb #9a107fe6
+# %% ../../nbs/rl/08c_engine.ipynb #ca9e32ae
 def checkpoint_modules(
     transformer: torch.nn.Module,  # the policy, unwrapped
     lora: bool,  # whether it carries adapters (only they are saved)

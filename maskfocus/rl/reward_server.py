@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from ..core import InputError
-from .rewards import check_batch
+from .rewards import _in_thread, check_batch
 
 # %% auto #0
 __all__ = ['RewardServerError', 'encode_images', 'png_size', 'decode_images', 'encode_request', 'decode_request', 'jsonable',
@@ -418,3 +418,8 @@ class RemoteReward:
                 f"reward server {self.url} broke the protocol: expected 'scores', a list of {len(a)} finite numbers"
             )
         return np.array(s, np.float32), d.get("info") if isinstance(d.get("info"), dict) else {}
+
+    def submit(self, images, prompts: Sequence[str], metadata: Sequence[dict] | None = None):  # as the call's
+        "Post a batch from a worker thread: a Future of the call's (scores, info), so a rollout can run meanwhile."
+        a, prompts, metadata = check_batch(images, prompts, metadata)
+        return _in_thread(self, self, a.copy(), prompts, metadata)

@@ -80,6 +80,15 @@ def _finite_weight(w, key: str) -> float:
     return float(w)
 
 
+def _in_thread(owner, fn, *args):  # the object that owns the worker thread; the function and its arguments
+    "A `concurrent.futures.Future` of fn(*args), run by `owner`'s one worker thread (batches are scored in order)."
+    from concurrent.futures import ThreadPoolExecutor
+
+    if getattr(owner, "_pool", None) is None:
+        owner._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"reward-{getattr(owner, 'name', 'r')}")
+    return owner._pool.submit(fn, *args)
+
+
 class WeightedReward:
     "Weighted sum of named rewards, logging every component per image and per GenEval tag, and the judge's accuracy."
 
@@ -164,6 +173,16 @@ class WeightedReward:
                     "source": src,
                 }
         return scores, info
+
+    def submit(
+        self,
+        images,  # uint8 [B,H,W,3] (copied: the caller may reuse its buffer)
+        prompts: Sequence[str],  # one prompt per image
+        metadata: Sequence[dict] | None = None,  # one GenEval metadata record per image
+    ):  # a Future of (scores, info)
+        "Score a batch in a worker thread; `.result()` is what the call returns (for served rewards: overlap the I/O)."
+        a, prompts, metadata = check_batch(images, prompts, metadata)
+        return _in_thread(self, self, a.copy(), prompts, metadata)
 
 # %% ../../nbs/rl/02_rewards.ipynb #713afe3c
 REWARDS = {  # name -> its factory `f(clip_model=, clip_scale=)`, as "module:attribute" (see core.resolve)

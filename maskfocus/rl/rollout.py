@@ -231,8 +231,9 @@ class TrajectoryRecorder:
         mask_id: int,  # the mask token id
         group_size: int,  # G, samples per prompt (consecutive)
         dr: DRConfig | None = None,  # routing settings (default: DRConfig(), DR on)
-        device: str | torch.device = "cpu",
-    ):  # where the record lives (the sampling device)
+        device: str | torch.device = "cpu",  # where the record lives (the sampling device)
+        masked_only: bool = False,  # token entropies at masked positions only (H_b and the routing are the same)
+    ):
         if not 1 <= N < 32767:
             raise InputError(f"N must lie in 1..32766 (commit_step is int16), got {N}", field="N")
         if not isinstance(group_size, int) or group_size < 1 or B % group_size:
@@ -247,6 +248,7 @@ class TrajectoryRecorder:
             group_size,
             dr or DRConfig(),
         )
+        self.masked_only = masked_only
         HW = math.prod(grid)
         self.x0 = torch.empty(N, B, HW, dtype=torch.int16 if V < 32768 else torch.int32, device=device)
         self.commit = torch.full((B, HW), N, dtype=torch.int16, device=device)  # N = not committed yet
@@ -261,8 +263,13 @@ class TrajectoryRecorder:
         step: int,  # s
     ) -> torch.Tensor | None:  # [B, HW] temperatures, or None when nobody explores
         "Record H_b and the branch of step s; return the per-token temperature (1 on the standard branch)."
-        Htok = token_entropy(logits)  # [B, HW]
-        H = (Htok * (tokens.reshape(self.B, -1) == self.mask_id)).sum(-1)
+        masked = tokens.reshape(self.B, -1) == self.mask_id
+        if self.masked_only:  # known positions get H = 0: they add nothing to H_b, their temperature is never used
+            Htok = torch.zeros(masked.shape, dtype=torch.float32, device=logits.device)
+            Htok[masked] = token_entropy(logits[masked])
+        else:
+            Htok = token_entropy(logits)  # [B, HW]
+        H = (Htok * masked).sum(-1)
         ex = route(H, self.G, self.dr)
         self.entropy[step], self.explore[step] = H, ex
         if not bool(ex.any()):
@@ -318,6 +325,7 @@ def record_trajectory(
     tau: float | tuple[float, float] = (2.0, 0.0),  # Gumbel temperatures
     schedule: str = "cosine",  # mask schedule
     ties: Literal["exact", "threshold"] = "exact",  # see `maskgit_step`
+    masked_only: bool = False,  # sampling step at masked positions only (opt-in: another random stream)
 ) -> Trajectory:
     "Sample B token maps with Dynamic Routing and record the `Trajectory` (one model call per step)."
     if not isinstance(text_hidden, torch.Tensor) or text_hidden.ndim != 3:
@@ -331,6 +339,7 @@ def record_trajectory(
         group_size,
         dr,
         device=text_hidden.device,
+        masked_only=masked_only,
     )
     tokens = sample(
         model,
@@ -348,6 +357,7 @@ def record_trajectory(
         ties=ties,
         temperature_fn=rec.temperature_fn,
         on_step=rec.on_step,
+        masked_only=masked_only,
     )
     return rec.finish(tokens)
 
@@ -361,6 +371,7 @@ def rollout(
     cfg: float | None = None,  # guidance weight (default pipe.sampling.cfg)
     generator: torch.Generator | None = None,  # source of all randomness
     dr: DRConfig | None = None,  # Dynamic Routing (default DRConfig(): on)
+    masked_only: bool = False,  # sampling step at masked positions only (opt-in: another random stream)
 ) -> Trajectory:  # B = len(prompts) * group_size samples, prompt i in rows i*G .. i*G+G-1
     "G rollouts per prompt with the pipeline's sampling settings, recorded as a `Trajectory`."
     if isinstance(prompts, str) or not len(prompts):
@@ -386,4 +397,5 @@ def rollout(
         dr=dr,
         tau=s.tau,
         schedule=s.schedule,
+        masked_only=masked_only,
     )
