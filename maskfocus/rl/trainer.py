@@ -22,6 +22,7 @@ from ..models.pipeline import MaskedPipeline
 from .pieces import cat_batches, draw_prompts, gather_named, image_grid, merge_reward_metrics
 from .pieces import step_hist, tag_counts, unit_generator
 from .rewards import reward_metrics
+from .batched import rollout_groups
 from .rollout import rollout
 from .state import Run, finish, make_reference, open_run, progress_line, resume_run, setup  # noqa: F401
 from .state import checkpoint_extra, warn_constant_reward
@@ -60,12 +61,18 @@ def roll_out(
     it: int,  # 0-based iteration
     gmetas: list[dict],  # the iteration's prompts (iteration_prompts)
 ) -> Rollouts:
-    "Roll out this process's samples: one call per group (or part), each with its own generator."
-    cfg, trajs = s.cfg, []
-    for g, lo, hi in s.segs:
-        gen = unit_generator(cfg.seed, it, g, _part(s, g, lo, hi), "rollout", s.dev)
-        trajs.append(rollout(s.pipe, [gmetas[g]["prompt"]], hi - lo, N=cfg.steps, cfg=cfg.cfg, generator=gen, dr=s.dr))
-    return Rollouts(trajs, [gmetas[g] for g, lo, hi in s.segs for _ in range(lo, hi)])
+    "Roll out this process's samples, each group (or part) with its own generator: one call each, or one for all."
+    cfg, segs, eng = s.cfg, s.segs, s.cfg.engine
+    gens = [unit_generator(cfg.seed, it, g, _part(s, g, lo, hi), "rollout", s.dev) for g, lo, hi in segs]
+    kw = dict(N=cfg.steps, cfg=cfg.cfg, dr=s.dr, masked_only=eng["masked_sampling"])
+    if eng["rollout_batch"] == "all" or (eng["rollout_batch"] == "auto" and s.dev.type == "cuda"):
+        prompts, sizes = [gmetas[g]["prompt"] for g, _, _ in segs], [hi - lo for _, lo, hi in segs]
+        trajs = rollout_groups(s.pipe, prompts, sizes, gens, **kw)  # token for token the per-group rollouts
+    else:
+        trajs = [
+            rollout(s.pipe, [gmetas[g]["prompt"]], hi - lo, generator=gen, **kw) for (g, lo, hi), gen in zip(segs, gens)
+        ]
+    return Rollouts(trajs, [gmetas[g] for g, lo, hi in segs for _ in range(lo, hi)])
 
 # %% ../../nbs/rl/11_trainer.ipynb #152d9087
 @dataclass
