@@ -200,3 +200,12 @@ def test_lora_and_ema_run_resumes_exactly(base, metas, tmp_path):
     MaskedPipeline.load(a)
     plain = run(_cfg(lora_rank=2), base, tmp_path / "no_ema", metas)
     assert plain["final"] and _digest(a / "transformer") != _digest(tmp_path / "no_ema" / "final" / "transformer")
+
+
+def test_batched_rollouts_train_the_same_run(base, metas, tmp_path):
+    "rollout_batch all (one sampler call per iteration) trains byte for byte the run of per-group calls."
+    cfg = lambda batch: make_config("maskfocus", {**TINY, "group_size": 4, "engine": {"rollout_batch": batch}})
+    run(cfg("group"), base, tmp_path / "group", metas)
+    run(cfg("all"), base, tmp_path / "all", metas)
+    assert _digest(tmp_path / "group" / "final") == _digest(tmp_path / "all" / "final")
+    assert "engine" not in cfg("all").fingerprint(), "scheduling only: a run may resume with the other value"
