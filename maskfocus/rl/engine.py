@@ -14,7 +14,8 @@ from ..models.flops import LORA_TARGETS
 
 # %% auto #0
 __all__ = ['SCHEDULING', 'EngineConfig', 'resolve_device', 'low_dtype', 'accelerate_precision', 'autocast', 'set_tf32',
-           'make_optimizer', 'micro_slices', 'rows_of', 'apply_lora', 'make_ema', 'checkpoint_modules']
+           'make_optimizer', 'make_accelerator', 'micro_slices', 'rows_of', 'apply_lora', 'make_ema',
+           'checkpoint_modules']
 
 # %% ../../nbs/rl/08c_engine.ipynb #8edb47106e1a46a883d545849b8ab81b
 _PRECISIONS = ("fp32", "bf16", "fp16")
@@ -228,6 +229,39 @@ def make_optimizer(
             "optimizer adamw_8bit needs bitsandbytes: pip install 'maskfocus[bnb]' (or use adamw)", field="optimizer"
         ) from None
     return bnb.optim.AdamW8bit(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+# %% ../../nbs/rl/08c_engine.ipynb #70b72a38
+def make_accelerator(
+    precision: str,  # EngineConfig.precision
+    device: str | None = None,  # "auto" / None, "cpu" or "cuda" (GPUs: CUDA_VISIBLE_DEVICES, one per process)
+):
+    "The run's accelerate.Accelerator: its device, the engine's mixed precision (fp32 master weights), DDP."
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs, DistributedType
+
+    dev = resolve_device(device)
+    if dev.type not in ("cpu", "cuda") or dev.index is not None:
+        raise InputError(
+            f"train runs on auto, cpu or cuda, got {device!r}: pick GPUs with CUDA_VISIBLE_DEVICES (under accelerate "
+            "launch or torchrun each process takes the GPU of its local rank)",
+            field="device",
+        )
+    mp = accelerate_precision(precision, dev)
+    st = AcceleratorState() if AcceleratorState._shared_state != {} else None
+    if st is not None and (st.mixed_precision != mp or (dev.type == "cpu") != (st.device.type == "cpu")):
+        # accelerate keeps one state per process; a second run in the same process (a notebook, the tests) with
+        # another precision or device replaces it. The process group (PartialState) is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
+    kw = [DistributedDataParallelKwargs(find_unused_parameters=False)]
+    acc = Accelerator(cpu=dev.type == "cpu", mixed_precision=mp, kwargs_handlers=kw)
+    if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        raise InputError(
+            f"the trainer runs DDP; {acc.distributed_type.value} launches are not supported yet (see "
+            "nbs/explanations/multi_gpu.md): launch with configs/accelerate/ddp.yaml",
+            field="distributed_type",
+        )
+    return acc
 
 # %% ../../nbs/rl/08c_engine.ipynb #3ed186c9a28b402fb0bc4494df01f08d
 def micro_slices(

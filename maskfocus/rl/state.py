@@ -17,8 +17,8 @@ from ..runs import folder_identity, list_checkpoints, load_checkpoint, lr_lambda
 from ..runs import truncate_dvclive
 from .budgets import derived_budgets, format_budgets, layout_segments
 from .config import RLConfig
-from .engine import accelerate_precision, apply_lora, checkpoint_modules, low_dtype, make_ema
-from .engine import make_optimizer, resolve_device, set_tf32
+from .engine import apply_lora, checkpoint_modules, low_dtype, make_ema
+from .engine import make_accelerator, make_optimizer, set_tf32
 from .logprob import make_estimator
 from ..models.pipeline import MaskedPipeline
 from .pieces import prompt_weights, read_prompts
@@ -145,32 +145,6 @@ def run_identity(
     return ids
 
 
-def _accelerator(
-    cfg: RLConfig,  # its engine's precision
-    device: str | None,  # "auto" / None, "cpu" or "cuda" (GPUs: CUDA_VISIBLE_DEVICES, one per process)
-):
-    "The run's accelerate.Accelerator: its device, and its mixed precision from the engine (fp32 master weights)."
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    dev = resolve_device(device)
-    if dev.type not in ("cpu", "cuda") or dev.index is not None:
-        raise InputError(
-            f"train runs on auto, cpu or cuda, got {device!r}: pick GPUs with CUDA_VISIBLE_DEVICES (under accelerate "
-            "launch or torchrun each process takes the GPU of its local rank)",
-            field="device",
-        )
-    mp = accelerate_precision(cfg.engine["precision"], dev)
-    kw = [DistributedDataParallelKwargs(find_unused_parameters=False)]
-    st = AcceleratorState() if AcceleratorState._shared_state != {} else None
-    if st is not None and (st.mixed_precision != mp or (dev.type == "cpu") != (st.device.type == "cpu")):
-        # accelerate keeps one state per process; a second run in the same process (a notebook, the tests) with
-        # another precision or device may replace it. The process group (PartialState) is kept.
-        AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(cpu=dev.type == "cpu", mixed_precision=mp, kwargs_handlers=kw)
-
-
 def _engine_models(
     cfg: RLConfig,  # its engine and beta
     pipe: MaskedPipeline,  # the loaded pipeline (changed in place)
@@ -205,7 +179,7 @@ def setup(
     from accelerate.utils import set_seed
 
     _check_group_size(cfg)
-    acc = _accelerator(cfg, "cpu" if cpu else device)
+    acc = make_accelerator(cfg.engine["precision"], "cpu" if cpu else device)
     # the global RNGs (the trainer draws from its own generators): identical runs save identical checkpoints
     set_seed(cfg.seed, device_specific=True)
     budgets = derived_budgets(cfg, acc.num_processes)

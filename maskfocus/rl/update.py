@@ -93,7 +93,7 @@ def _part_loss(s: Run, pl: Plans, fr: Frozen, adv: torch.Tensor, j: int, k: int,
     scale = 1.0 / len(pl.plans[j]) if cfg.step_loss == "mean" else 1.0
     if cfg.token_mean == "batch" and cfg.ratio_level == "token" and s.W > 1:
         scale *= float(pl.n_local[j, k]) * s.W / max(float(pl.n_global[j, k]), 1.0)
-    (loss * scale).backward()
+    s.acc.backward(loss * scale)  # the fp16 loss scaler, where there is one
     return lp.detach(), st
 
 
