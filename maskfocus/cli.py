@@ -350,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     from maskfocus.rl.serve import add_serve_parser  # serve-reward: its options and runner live in rl.serve
 
     add_serve_parser(sub)
+    from maskfocus.rl.plan import add_plan_parser  # plan: a configuration's per-GPU memory and FLOPs (rl.plan)
+
+    add_plan_parser(sub)
     return p
 
 
