@@ -67,10 +67,17 @@ def cmd_judge(args):
     return 0
 
 # %% ../nbs/03_cli.ipynb #ad5e31fb
-def _load_pipeline(path):
+def _load_pipeline(path, device="cpu"):
     from maskfocus.models.pipeline import MaskedPipeline
 
-    return MaskedPipeline.load(path)
+    return MaskedPipeline.load(path, device=device)
+
+
+def _device(args):
+    "The torch device of `--device`; a GPU that is not there is an InputError (exit status 2)."
+    from maskfocus.rl.engine import resolve_device
+
+    return resolve_device(args.device)
 
 
 def _read_metadata(path):
@@ -84,10 +91,11 @@ def cmd_sample(args):
     from maskfocus import geneval
     from maskfocus.toy.evaluate import generate_for_metadata
 
+    dev = _device(args)
     metas = _read_metadata(args.metadata)
     if args.per_prompt < 1:
         raise InputError(f"--per-prompt must be >= 1, got {args.per_prompt}", field="--per-prompt")
-    pipe = _load_pipeline(args.model)
+    pipe = _load_pipeline(args.model, dev)
     images = generate_for_metadata(
         pipe, metas, args.per_prompt, args.seed, args.steps, args.cfg, args.batch, progress=True
     )
@@ -110,6 +118,7 @@ def cmd_evaluate(args):
     "Sample and judge a model over CFG weights and step counts; write eval.json, eval.md and grids."
     from maskfocus.toy.evaluate import evaluate_sweep, images_per_prompt, sweep_options
 
+    dev = _device(args)
     settings = [(n, w) for n in args.steps for w in args.cfg]  # the grid of --steps x --cfg
     if args.params:  # a params section overrides the options of the same names
         opts = sweep_options(read_params(args.params, args.section), args.params, args.section)
@@ -122,9 +131,9 @@ def cmd_evaluate(args):
     if args.clip:
         from maskfocus.toy.clip import ClipScorer
 
-        scorer = ClipScorer.load(args.clip)
+        scorer = ClipScorer.load(args.clip, device=dev)
     rows = evaluate_sweep(
-        _load_pipeline(args.model),
+        _load_pipeline(args.model, dev),
         metas,
         args.out,
         settings,
@@ -145,9 +154,10 @@ def cmd_pretrain(args):
     from maskfocus.toy.pretrain import PretrainConfig, pretrain
     from maskfocus.toy import world
 
+    dev = _device(args)
     cfg = PretrainConfig.from_dict(read_params(args.params, args.section), file=args.params)
     args.text_encoder = cfg.text_encoder or None  # a model folder too: `main` hints when it is missing
-    pretrain(cfg, world.read_prompts(args.train), args.run, out=args.out, resume=not args.fresh)
+    pretrain(cfg, world.read_prompts(args.train), args.run, out=args.out, resume=not args.fresh, device=dev)
     print(json.dumps({"out": str(args.out)}))
     return 0
 
@@ -156,9 +166,9 @@ def cmd_train_clip(args):
     "Train the toy CLIP (reward model) and write its evaluation."
     from maskfocus.toy.clip_train import train_clip_main
 
-    m = train_clip_main(
-        read_params(args.params, args.section), args.train, args.test, args.out, args.metrics, work_dir=args.run
-    )
+    dev = _device(args)
+    params = read_params(args.params, args.section)
+    m = train_clip_main(params, args.train, args.test, args.out, args.metrics, work_dir=args.run, device=dev)
     print(json.dumps({"out": str(args.out), "metrics": str(args.metrics)}))
     return 0
 
@@ -191,6 +201,13 @@ def missing_model_hint(
     return None
 
 # %% ../nbs/03_cli.ipynb #ffaecef0
+def _device_option(s):  # a subcommand's parser
+    "Add the shared `--device` option (`maskfocus.rl.serve.add_device_option`)."
+    from maskfocus.rl.serve import add_device_option
+
+    add_device_option(s)
+
+
 def _add_prompts(sub):  # the subparsers
     "The `prompts` subcommand."
     s = sub.add_parser("prompts", formatter_class=HelpFormatter, help="write or check the toy train/test prompt splits")
@@ -238,6 +255,7 @@ def _add_sample(sub):  # the subparsers
     s.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's sampling.json)")
     s.add_argument("--cfg", type=float, default=None, help="guidance weight (default: the model's sampling.json)")
     s.add_argument("--batch", type=int, default=64, help="images per sampler call (part of the seed rule)")
+    _device_option(s)
     s.set_defaults(func=cmd_sample)
 
 
@@ -274,6 +292,7 @@ def _add_evaluate(sub):  # the subparsers
     s.add_argument(
         "--details", default=None, help="folder for the per-image results and picture grids (default: --out)"
     )
+    _device_option(s)
     s.set_defaults(func=cmd_evaluate)
 
 
@@ -286,6 +305,7 @@ def _add_pretrain(sub):  # the subparsers
     s.add_argument("--run", required=True, help="run folder: checkpoints and dvclive metrics (resumed if present)")
     s.add_argument("--out", required=True, help="where the final model goes (released layout)")
     s.add_argument("--fresh", action="store_true", help="ignore existing checkpoints in --run")
+    _device_option(s)
     s.set_defaults(func=cmd_pretrain)
 
 
@@ -299,6 +319,7 @@ def _add_train_clip(sub):  # the subparsers
     s.add_argument("--run", required=True, help="training folder: checkpoints, dvclive (resumed if present)")
     s.add_argument("--out", required=True, help="model folder")
     s.add_argument("--metrics", required=True, help="evaluation JSON")
+    _device_option(s)
     s.set_defaults(func=cmd_train_clip)
 
 
@@ -329,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     from maskfocus.rl.serve import add_serve_parser  # serve-reward: its options and runner live in rl.serve
 
     add_serve_parser(sub)
+    from maskfocus.rl.plan import add_plan_parser  # plan: a configuration's per-GPU memory and FLOPs (rl.plan)
+
+    add_plan_parser(sub)
     return p
 
 

@@ -10,6 +10,7 @@ from typing import Sequence
 from ..core import HelpFormatter, InputError
 from .config import RLConfig
 from .presets import PRESETS, make_config
+from .serve import add_device_option
 
 # %% auto #0
 __all__ = ['parse_sets', 'build_train_parser', 'config_from_args', 'train_main']
@@ -84,7 +85,8 @@ def build_train_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no tqdm bar: one line (iteration, reward mean, KL) every checkpoint_every (else 10) iterations instead",
     )
-    p.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is visible")
+    add_device_option(p, "train takes auto, cpu or cuda (choose GPUs with CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--cpu", action="store_true", help="deprecated: the same as --device cpu")
     p.add_argument("--debug-grads", default=None, help="save the synced gradients of the first update (safetensors)")
     return p
 
@@ -141,7 +143,7 @@ def train_main(
             max_iterations=args.max_iterations,
             prompts=args.prompts,
             debug_grads_path=args.debug_grads,
-            cpu=args.cpu,
+            device="cpu" if args.cpu else args.device,
             report=args.report,
         )
     except OSError as e:  # a full disk, a read-only folder, ...: one line, the checkpoints are written atomically

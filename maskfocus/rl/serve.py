@@ -9,18 +9,34 @@ import json, threading
 from ..core import HelpFormatter, InputError, resolve
 
 # %% auto #0
-__all__ = ['load_reward', 'serve_command', 'add_serve_parser']
+__all__ = ['add_device_option', 'load_reward', 'serve_command', 'add_serve_parser']
+
+# %% ../../nbs/rl/03a_serve.ipynb #8d738606
+_DEVICE_HELP = (
+    "where the models run: auto (CUDA when a GPU is visible, else the CPU), cpu, cuda or cuda:N; CUDA and the CPU "
+    "draw different random streams, so one seed gives other images on another device"
+)
+
+
+def add_device_option(
+    parser,  # an argparse parser (a subcommand's)
+    choices: str = "",  # a note on the devices this command accepts, appended to the help
+):
+    "Add `--device` (default: auto) with the help text every command shares."
+    parser.add_argument("--device", default="auto", help=_DEVICE_HELP + (f"; {choices}" if choices else ""))
+    return parser
 
 # %% ../../nbs/rl/03a_serve.ipynb #ba25470e
 def load_reward(
     spec: str,  # a name of `REWARDS` (e.g. "judge"), or "module:attribute" naming a reward or a reward class
     clip_model=None,  # CLIP folder for the "clip" reward
+    device=None,  # where a reward with a model (one that has `to(device)`, e.g. the CLIP reward) runs; None: as built
 ):
     "The reward a `serve-reward --reward` SPEC names; a plugin class is instantiated with no arguments."
     from maskfocus.rl.rewards import REWARDS
 
     if spec in REWARDS:
-        return resolve(REWARDS[spec])(clip_model=clip_model, clip_scale=1.0)
+        return _placed(resolve(REWARDS[spec])(clip_model=clip_model, clip_scale=1.0), device)
     if ":" not in spec:
         raise InputError(
             f"unknown reward {spec!r}; known: {', '.join(REWARDS)}, or 'module:attribute'", field="--reward"
@@ -31,7 +47,14 @@ def load_reward(
         raise InputError(
             f"{spec!r} is a {type(obj).__name__}, not a reward (images, prompts, metadata)", field="--reward"
         )
-    return obj
+    return _placed(obj, device)
+
+
+def _placed(reward, device):
+    "The reward, moved to `device` when it has a `to(device)` method (a reward holding a model)."
+    if device is not None and callable(getattr(reward, "to", None)):
+        reward.to(device)
+    return reward
 
 # %% ../../nbs/rl/03a_serve.ipynb #d7d5cf44
 def serve_command(args) -> int:  # the parsed options of `maskfocus serve-reward`
@@ -40,13 +63,14 @@ def serve_command(args) -> int:  # the parsed options of `maskfocus serve-reward
 
     from PIL import Image
 
+    from maskfocus.rl.engine import resolve_device
     from maskfocus.rl.reward_server import serve_reward  # here: `maskfocus --help` needs no numpy
 
     for k in ("max_images", "max_side", "max_connections", "timeout"):
         if not getattr(args, k) > 0:
             raise InputError(f"must be positive, got {getattr(args, k)}", field="--" + k.replace("_", "-"))
     limits = {k: getattr(args, k) for k in ("max_images", "max_side", "max_connections", "timeout")}
-    reward = load_reward(args.reward, args.clip)
+    reward = load_reward(args.reward, args.clip, resolve_device(args.device))
     try:
         server, url = serve_reward(
             reward, args.host, args.port, args.allow_remote, quiet=not args.verbose, name=args.reward, **limits
@@ -85,5 +109,6 @@ def add_serve_parser(sub):  # the subparsers of the `maskfocus` command
     s.add_argument("--max-connections", type=int, default=8, help="handler threads; more connections get 503")
     s.add_argument("--timeout", type=float, default=30.0, help="seconds a connection may stay silent")
     s.add_argument("--verbose", action="store_true", help="log every request and every dropped connection")
+    add_device_option(s)
     s.set_defaults(func=serve_command)
     return s

@@ -287,6 +287,14 @@ class ClipScorer:
         model, cfg = load_clip(folder, device=device)
         return cls(model, cfg, **kwargs)
 
+    def to(self, device: str | torch.device) -> ClipScorer:  # where to run from now on
+        "Move the model (and the cached text embeddings) to `device`; returns the scorer."
+        self.model.to(device)
+        self.device = next(self.model.parameters()).device
+        if self.text_cache:
+            self.text_cache = {k: v.to(self.device) for k, v in self.text_cache.items()}
+        return self
+
     @torch.no_grad()
     def image_features(self, images) -> torch.Tensor:  # uint8 [B,64,64,3] or float [B,3,64,64] in [0,1]
         "L2-normalised image embeddings [B, embed_dim]."

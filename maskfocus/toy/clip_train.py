@@ -180,7 +180,8 @@ def _clip_step(model, opt, cfg: ClipConfig, lr: float, batch: tuple, ids: dict) 
     images, caps, truth = batch
     for g in opt.param_groups:
         g["lr"] = lr
-    image_f, text_f, scale = model(prepare_images(images, cfg), torch.stack([ids[c] for c in caps]))
+    dev = model.logit_scale.device  # the batch goes where the model is (a no-op on the CPU)
+    image_f, text_f, scale = model(prepare_images(images, cfg).to(dev), torch.stack([ids[c] for c in caps]).to(dev))
     loss = clip_loss(image_f, text_f, scale, truth if cfg.mask_false_negatives else None)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -221,6 +222,7 @@ def train_clip(
     eval_prompts: Sequence[dict] | None = None,  # prompts of the periodic retrieval evaluation (default: train_prompts)
     stop_after: int | None = None,  # stop after this many steps in total, as if killed (tests)
     progress: bool = True,  # show a tqdm bar
+    device: str | torch.device = "cpu",  # where the model and its batches go (the data stream stays NumPy's)
 ):
     "Train the toy CLIP with open_clip's `ClipLoss` and AdamW; resumable, logged with dvclive; the model (eval mode)."
     from dvclive import Live
@@ -231,7 +233,7 @@ def train_clip(
         raise InputError("no training prompts", field="train_prompts")
     eval_prompts = prompts if eval_prompts is None else list(eval_prompts)
     ids = _token_ids(cfg, prompts)
-    model = build_clip(cfg)
+    model = build_clip(cfg).to(device)  # initialised on the CPU under its own seed, then moved
     opt = make_optimizer(model, cfg)
     rng = np.random.default_rng(cfg.seed)
     step = _resume(out_dir, model, opt, rng, cfg, resume)
@@ -269,6 +271,7 @@ def train_clip_main(
     eval_images: int = 4,  # ground-truth renders per prompt in the final evaluation
     progress: bool = True,  # show a tqdm bar
     num_threads: int | None = None,  # torch intra-op threads for this call (None: leave torch's setting)
+    device: str | torch.device = "cpu",  # where the model trains and is evaluated
 ) -> dict:
     "Train, save and evaluate the toy CLIP (the DVC stage); returns the metrics written to `metrics_path`."
     if num_threads is not None:
@@ -276,7 +279,7 @@ def train_clip_main(
         torch.set_num_threads(int(num_threads))
         try:
             return train_clip_main(
-                params, train_path, test_path, out_dir, metrics_path, work_dir, eval_images, progress
+                params, train_path, test_path, out_dir, metrics_path, work_dir, eval_images, progress, device=device
             )
         finally:
             torch.set_num_threads(old)
@@ -291,7 +294,7 @@ def train_clip_main(
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir is not None else out_dir.with_name(out_dir.name + "-train")
     t0 = time.perf_counter()
-    model = train_clip(cfg, train, work_dir, resume=True, eval_prompts=test, progress=progress)
+    model = train_clip(cfg, train, work_dir, resume=True, eval_prompts=test, progress=progress, device=device)
     t1 = time.perf_counter()
     save_clip(model, cfg, out_dir)
     scorer = ClipScorer(model, cfg)

@@ -63,9 +63,10 @@ def generate_for_metadata(
         )
     pairs = [(i, n) for i, c in enumerate(counts) for n in range(c)]
     out = [[None] * c for c in counts]
+    dev = getattr(pipe, "device", torch.device("cpu"))  # draw where the model runs (no copy of the probabilities)
     for k in tqdm(range(0, len(pairs), batch), disable=not progress, desc="sample"):
         chunk = pairs[k : k + batch]
-        g = torch.Generator().manual_seed(batch_seed(seed, k // batch))
+        g = torch.Generator(device=dev).manual_seed(batch_seed(seed, k // batch))
         ims = pipe.to_images(pipe.generate([metas[i]["prompt"] for i, _ in chunk], generator=g, steps=steps, cfg=cfg))
         for (i, n), im in zip(chunk, ims):
             out[i][n] = im

@@ -150,7 +150,7 @@ def _frozen_text_encoder(cfg: PretrainConfig) -> tuple[CLIPTextEncoder | None, s
     return enc, h.hexdigest()
 
 # %% ../../nbs/toy/09_pretrain.ipynb #47e48cc1
-def _build_run(cfg: PretrainConfig) -> SimpleNamespace:  # the recipe
+def _build_run(cfg: PretrainConfig, dev: torch.device) -> SimpleNamespace:  # the recipe; where it trains
     "A fresh run: pipeline, trained parameters, AdamW, LR schedule, generators and the config fingerprint."
     frozen, frozen_sha = _frozen_text_encoder(cfg)
     pipe = toy_pipeline(
@@ -165,7 +165,7 @@ def _build_run(cfg: PretrainConfig) -> SimpleNamespace:  # the recipe
         cfg.downsample,
         text_encoder=frozen,
     )
-    model, text = pipe.transformer, pipe.text_encoder
+    model, text = pipe.transformer.to(dev), pipe.text_encoder.to(dev)  # initialised on the CPU, then moved
     trained = (model,) if frozen else (model, text)
     params = [p for m in trained for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
@@ -174,6 +174,7 @@ def _build_run(cfg: PretrainConfig) -> SimpleNamespace:  # the recipe
     data_rng, mask_gen = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
     modules = {"transformer": model} | ({} if frozen else {"text_encoder": text.model})
     return SimpleNamespace(
+        dev=dev,
         pipe=pipe,
         model=model,
         text=text,
@@ -194,8 +195,8 @@ def _train_step(r: SimpleNamespace, cfg: PretrainConfig, train: Sequence[dict]) 
     "One optimizer step on a fresh batch: (loss, gradient norm, accuracy on the masked tokens as a lazy function)."
     B, seq, grid = cfg.batch, r.tok.grid * r.tok.grid, r.tok.grid
     caps, ims = world_batch(r.data_rng, B, train, cfg.p_prompt, cfg.cond_dropout)
-    x = r.tok.encode(to_tensor(ims)).view(B, seq)
-    mask, t = sampler_masks(B, seq, cfg.step_choices, r.mask_gen)
+    x = r.tok.encode(to_tensor(ims)).view(B, seq).to(r.dev)
+    mask, t = (a.to(r.dev) for a in sampler_masks(B, seq, cfg.step_choices, r.mask_gen))  # drawn on the CPU
     inp = torch.where(mask, r.model.mask_token_id, x).view(B, grid, grid)
     with torch.set_grad_enabled(not r.frozen):
         h, p = r.text(caps)
@@ -227,13 +228,14 @@ def pretrain(
     resume: bool = True,  # continue from run_dir's latest checkpoint (refused if of another config); False: discard
     progress: bool = True,  # show a tqdm bar
     max_steps: int | None = None,  # stop after this many steps in this call (for tests); None: cfg.steps
+    device: str | torch.device = "cpu",  # where the models and batches go (the data and mask streams stay on the CPU)
 ) -> MaskedPipeline:
     "Pre-train the toy base model MaskGIT-style; resumable exactly from its checkpoints."
     from tqdm.auto import tqdm
     from dvclive import Live
 
     run_dir = Path(run_dir)
-    r = _build_run(cfg)
+    r = _build_run(cfg, torch.device(device))
     start, ck = 0, resume_from(run_dir, r.fingerprint, resume, name="pretrain")
     if ck is not None:
         start = load_checkpoint(ck, r.modules, r.opt, r.sched, r.gens)["step"]
@@ -263,8 +265,8 @@ def pretrain(
                 extra = {"config": r.fingerprint, "loss": loss.item()}
                 save_checkpoint(run_dir, step + 1, r.modules, r.opt, r.sched, r.gens, extra=extra)
         bar.close()
-    r.model.eval()
-    r.text.eval()
+    r.model.eval().cpu()  # saved and returned on the CPU (a no-op there)
+    r.text.eval().cpu()
     if out is not None and end == cfg.steps:
         r.pipe.save(out)
     return r.pipe

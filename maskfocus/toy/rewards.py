@@ -112,6 +112,13 @@ class ClipReward:
             self._scorer = ClipScorer.load(self.folder, device=self.device, batch_size=self.batch_size)
         return self._scorer
 
+    def to(self, device) -> ClipReward:  # a torch device or its name (see maskfocus.rl.engine.resolve_device)
+        "Run the model on `device`: moved now if loaded, else loaded there on first use; returns the reward."
+        self.device = device
+        if self._scorer is not None:
+            self._scorer.to(device)
+        return self
+
     def __call__(
         self,
         images,  # uint8 [B,H,W,3] at the CLIP's image size
