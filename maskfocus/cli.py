@@ -75,7 +75,7 @@ def _load_pipeline(path, device="cpu"):
 
 def _device(args):
     "The torch device of `--device`; a GPU that is not there is an InputError (exit status 2)."
-    from maskfocus.rl.engine import resolve_device
+    from maskfocus.core import resolve_device
 
     return resolve_device(args.device)
 

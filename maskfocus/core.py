@@ -12,7 +12,7 @@ import numpy as np
 # %% auto #0
 __all__ = ['InputError', 'atomic_write', 'write_text_atomic', 'write_json_atomic', 'atomic_dir', 'repo_root', 'reference_path',
            'resolve', 'read_params', 'HelpFormatter', 'safetensors_file', 'safetensors_dtype', 'seed_everything',
-           'check_finite']
+           'check_finite', 'resolve_device']
 
 # %% ../nbs/00_core.ipynb #5a93cf99
 class InputError(ValueError):
@@ -246,3 +246,24 @@ def check_finite(
     for k, v in tensors.items():
         if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise InputError("weights are not finite (NaN or infinity)", file=file, field=k)
+
+# %% ../nbs/00_core.ipynb #f4222941
+def resolve_device(
+    device: str | None = "auto",  # "auto" / None: CUDA when visible, else CPU; or a torch device
+) -> object:  # a torch.device
+    "The torch device a command runs on; a GPU that is not there is a clear error, not a crash later."
+    import torch
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)", field="device") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r}: no CUDA GPU is visible (use --device cpu or auto)", field="device")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA GPU(s) are visible", field="device")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {device!r}: MPS is not available here", field="device")
+    return dev

@@ -9,13 +9,12 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-from ..core import InputError
+from ..core import InputError, resolve_device
 from ..models.flops import LORA_TARGETS
 
 # %% auto #0
-__all__ = ['SCHEDULING', 'EngineConfig', 'resolve_device', 'low_dtype', 'accelerate_precision', 'autocast', 'set_tf32',
-           'make_optimizer', 'make_accelerator', 'micro_slices', 'rows_of', 'apply_lora', 'make_ema',
-           'checkpoint_modules']
+__all__ = ['SCHEDULING', 'EngineConfig', 'low_dtype', 'accelerate_precision', 'autocast', 'set_tf32', 'make_optimizer',
+           'make_accelerator', 'micro_slices', 'rows_of', 'apply_lora', 'make_ema', 'checkpoint_modules']
 
 # %% ../../nbs/rl/08c_engine.ipynb #8edb47106e1a46a883d545849b8ab81b
 _PRECISIONS = ("fp32", "bf16", "fp16")
@@ -139,25 +138,6 @@ class EngineConfig:
         "The knobs that change results and differ from their defaults (what a checkpoint must match)."
         d, default = asdict(self), asdict(EngineConfig())
         return {k: v for k, v in d.items() if k not in SCHEDULING and v != default[k]}
-
-# %% ../../nbs/rl/08c_engine.ipynb #7623eae2785240b9bd12b16a66d81610
-def resolve_device(
-    device: str | torch.device | None = "auto",  # "auto" / None: CUDA when visible, else CPU; or a torch device
-) -> torch.device:
-    "The torch device a command runs on; a GPU that is not there is a clear error, not a crash later."
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)", field="device") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r}: no CUDA GPU is visible (use --device cpu or auto)", field="device")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA GPU(s) are visible", field="device")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError(f"device {device!r}: MPS is not available here", field="device")
-    return dev
 
 # %% ../../nbs/rl/08c_engine.ipynb #938c804e27f84196a10c8828c723f798
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -114,6 +114,13 @@ class WeightedReward:
     def items(self):
         return [(k, (self.rewards[k], self.weights[k])) for k in self.rewards]
 
+    def to(self, device) -> "WeightedReward":  # a torch device or its name
+        "Move every component (and the monitor) that runs a model to `device`."
+        for r in [*self.rewards.values(), self.monitor]:
+            if callable(getattr(r, "to", None)):
+                r.to(device)
+        return self
+
     def __call__(
         self,
         images,  # uint8 [B,H,W,3]

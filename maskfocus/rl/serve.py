@@ -63,7 +63,7 @@ def serve_command(args) -> int:  # the parsed options of `maskfocus serve-reward
 
     from PIL import Image
 
-    from maskfocus.rl.engine import resolve_device
+    from maskfocus.core import resolve_device
     from maskfocus.rl.reward_server import serve_reward  # here: `maskfocus --help` needs no numpy
 
     for k in ("max_images", "max_side", "max_connections", "timeout"):

@@ -191,6 +191,8 @@ def setup(
     reference, lora = _engine_models(cfg, pipe, dev)
     est = make_estimator(cfg.estimator, mask_id=int(pipe.transformer.mask_token_id), **cfg.estimator_knobs())
     reward = reward_fn if reward_fn is not None else _make_reward(cfg)
+    if callable(getattr(reward, "to", None)):  # a reward model (CLIP) runs where the images are made
+        reward.to(dev)
     _check_vocabulary(metas, reward, cfg.train_prompts if prompts is None else prompts)
     identity = run_identity(cfg, base, reward_fn)
     params = [p for p in pipe.transformer.parameters() if p.requires_grad]
