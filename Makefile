@@ -35,7 +35,7 @@ lint: $(STAMP)
 # time and records them in dvc.lock as `dvc repro` would; plain `dvc repro` gives the same results, one at a time.
 repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro prompts judge_groundtruth train_clip pretrain eval_base
-	PATH="$(CURDIR)/$(BIN):$$PATH" python scripts/repro_parallel.py --jobs 2 'rl@*' 'rl_variant@*'
+	PATH="$(CURDIR)/$(BIN):$$PATH" python scripts/repro_parallel.py --jobs 2 'rl@*' 'rl_udm@*' 'rl_variant@*'
 	# --allow-missing: a stage whose only change is a DVC-cached output absent from a clone (no DVC remote) is not re-run
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro --allow-missing
 

@@ -109,6 +109,13 @@ def cli_commands(root: Path) -> dict[str, set[str]]:
             for c in node.test.comparators:
                 if isinstance(c, (ast.List, ast.Tuple)) and len(c.elts) == 1 and isinstance(c.elts[0], ast.Constant):
                     commands[c.elts[0].value] = imports_of(ast.Module(body=node.body, type_ignores=[]), module)
+    for node in ast.walk(funcs["build_parser"]):  # `from maskfocus.rl.plan import add_plan_parser`: a module's command
+        if isinstance(node, ast.ImportFrom) and any(a.name.endswith("_parser") for a in node.names):
+            sub_tree = ast.parse((root / (node.module.replace(".", "/") + ".py")).read_text())
+            for n in ast.walk(sub_tree):
+                if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "add_parser":
+                    if n.args and isinstance(n.args[0], ast.Constant):
+                        commands[n.args[0].value] = {node.module}
     top = set()  # what importing cli.py itself imports
     for n in tree.body:
         if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
