@@ -209,3 +209,19 @@ def test_batched_rollouts_train_the_same_run(base, metas, tmp_path):
     run(cfg("all"), base, tmp_path / "all", metas)
     assert _digest(tmp_path / "group" / "final") == _digest(tmp_path / "all" / "final")
     assert "engine" not in cfg("all").fingerprint(), "scheduling only: a run may resume with the other value"
+
+
+def test_reward_overlap_scores_the_same(base, metas, tmp_path):
+    "reward_overlap (each group scored in a worker thread while the next rolls out) trains the same run."
+    from maskfocus.rl.rewards import WeightedReward
+    from maskfocus.rl.trainer import train
+
+    def go(overlap: bool, out: Path) -> dict:
+        cfg = make_config("maskfocus", {**TINY, "engine": {"reward_overlap": overlap, "rollout_batch": "group"}})
+        reward = WeightedReward({"redness": (Redness(), 1.0)})
+        return train(cfg, base, out, prompts=metas, reward_fn=reward, progress=False)
+
+    a, b = go(False, tmp_path / "plain"), go(True, tmp_path / "overlap")
+    assert _digest(tmp_path / "plain" / "final") == _digest(tmp_path / "overlap" / "final")
+    ra, rb = a["history"][-1]["reward/mean"], b["history"][-1]["reward/mean"]
+    assert abs(ra - rb) < 1e-6, (ra, rb)

@@ -20,7 +20,14 @@ __all__ = ['SCHEDULING', 'EngineConfig', 'low_dtype', 'accelerate_precision', 'a
 _PRECISIONS = ("fp32", "bf16", "fp16")
 _OPTIMIZERS = ("adamw", "adamw_8bit")
 _ROLLOUT_BATCH = ("auto", "group", "all")
-SCHEDULING = ("micro_batch", "grad_checkpointing", "rollout_batch", "compile", "tf32")  # not in the fingerprint
+SCHEDULING = (
+    "micro_batch",
+    "grad_checkpointing",
+    "rollout_batch",
+    "reward_overlap",
+    "compile",
+    "tf32",
+)  # not fingerprinted
 
 
 def _help(text: str) -> dict:
@@ -82,6 +89,13 @@ class EngineConfig:
             "the same rollouts); auto: all on CUDA, group on CPU (where batching measured slower)"
         ),
     )
+    reward_overlap: bool = field(
+        default=False,
+        metadata=_help(
+            "score each group's images in a worker thread while the next group rolls out (rollout_batch group; pays "
+            "with a served reward, whose answer is I/O); the scores are the same"
+        ),
+    )
     masked_sampling: bool = field(
         default=False,
         metadata=_help(
@@ -95,7 +109,7 @@ class EngineConfig:
         for k, ok in (("precision", _PRECISIONS), ("optimizer", _OPTIMIZERS), ("rollout_batch", _ROLLOUT_BATCH)):
             if getattr(self, k) not in ok:
                 raise InputError(f"{k} must be one of {', '.join(ok)}, got {getattr(self, k)!r}", field=k)
-        for k in ("tf32", "grad_checkpointing", "masked_sampling", "compile"):
+        for k in ("tf32", "grad_checkpointing", "reward_overlap", "masked_sampling", "compile"):
             if not isinstance(getattr(self, k), bool):
                 raise InputError(f"{k} must be true or false, got {getattr(self, k)!r}", field=k)
         for k, lo in (("micro_batch", 0), ("lora_rank", 0), ("ema_every", 1)):

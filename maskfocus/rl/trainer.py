@@ -45,6 +45,7 @@ class Rollouts:
 
     trajs: list  # per local group (or part of one), its Trajectory (maskfocus.rl.rollout)
     metas: list[dict]  # per local sample, its prompt's metadata
+    scored: list | None = None  # engine.reward_overlap: per group, (its images, a Future of its (scores, info))
 
     @property
     def prompts(self) -> list[str]:
@@ -65,14 +66,18 @@ def roll_out(
     cfg, segs, eng = s.cfg, s.segs, s.cfg.engine
     gens = [unit_generator(cfg.seed, it, g, _part(s, g, lo, hi), "rollout", s.dev) for g, lo, hi in segs]
     kw = dict(N=cfg.steps, cfg=cfg.cfg, dr=s.dr, masked_only=eng["masked_sampling"])
+    metas = [gmetas[g] for g, lo, hi in segs for _ in range(lo, hi)]
     if eng["rollout_batch"] == "all" or (eng["rollout_batch"] == "auto" and s.dev.type == "cuda"):
         prompts, sizes = [gmetas[g]["prompt"] for g, _, _ in segs], [hi - lo for _, lo, hi in segs]
-        trajs = rollout_groups(s.pipe, prompts, sizes, gens, **kw)  # token for token the per-group rollouts
-    else:
-        trajs = [
-            rollout(s.pipe, [gmetas[g]["prompt"]], hi - lo, generator=gen, **kw) for (g, lo, hi), gen in zip(segs, gens)
-        ]
-    return Rollouts(trajs, [gmetas[g] for g, lo, hi in segs for _ in range(lo, hi)])
+        return Rollouts(rollout_groups(s.pipe, prompts, sizes, gens, **kw), metas)  # = the per-group rollouts
+    ro = Rollouts([], metas, [] if eng["reward_overlap"] and hasattr(s.reward, "submit") else None)
+    for (g, lo, hi), gen in zip(segs, gens):
+        ro.trajs.append(rollout(s.pipe, [gmetas[g]["prompt"]], hi - lo, generator=gen, **kw))
+        if ro.scored is not None:  # score this group in a worker thread while the next one rolls out
+            n, m = hi - lo, gmetas[g]
+            images = s.pipe.to_images(ro.trajs[-1].tokens.view(n, *s.pipe.grid))
+            ro.scored.append((images, s.reward.submit(images, [m["prompt"]] * n, [m] * n)))
+    return ro
 
 # %% ../../nbs/rl/11_trainer.ipynb #152d9087
 @dataclass
@@ -91,11 +96,19 @@ def score(
     "Decode and reward this process's samples; gather the rewards and reward metrics of every process."
     from accelerate.utils import gather_object
 
-    H, Wd = s.pipe.grid
-    images = s.pipe.to_images(torch.cat([t.tokens for t in ro.trajs]).view(-1, H, Wd))
-    scores, rinfo = s.reward(images, ro.prompts, ro.metas)
+    if ro.scored:  # engine.reward_overlap: each group's (scores, info), one part per group
+        images, res = np.concatenate([im for im, _ in ro.scored]), [f.result() for _, f in ro.scored]
+        scores = np.concatenate([np.asarray(sc, np.float32) for sc, _ in res])
+        cuts = np.cumsum([0, *(len(im) for im, _ in ro.scored)]).tolist()
+        local = [
+            (reward_metrics(i or {}), tag_counts(ro.metas[a:b]), b - a) for (_, i), a, b in zip(res, cuts, cuts[1:])
+        ]
+    else:
+        images = s.pipe.to_images(torch.cat([t.tokens for t in ro.trajs]).view(-1, *s.pipe.grid))
+        scores, rinfo = s.reward(images, ro.prompts, ro.metas)
+        local = [(reward_metrics(rinfo or {}), tag_counts(ro.metas), len(ro.metas))]
     all_scores = s.acc.gather(torch.as_tensor(np.asarray(scores, np.float32), device=s.dev))
-    parts = gather_object([(reward_metrics(rinfo or {}), tag_counts(ro.metas), len(ro.metas))])
+    parts = gather_object(local)
     return Scores(images, all_scores, parts)
 
 # %% ../../nbs/rl/11_trainer.ipynb #3734b3e1
