@@ -27,7 +27,8 @@ TINY = {
 
 _CLIP_REWARD = {"reward": {"judge": 0.0, "clip": 1.0}}
 TINY_VARIANTS: dict[str, tuple[str, dict]] = {
-    **{p: (p, {}) for p in ("maskfocus", "maskfocus_no_css", "maskfocus_no_dr", "maskgrpo", "mask_grpo", "udm_grpo")},
+    **{p: (p, {}) for p in ("maskfocus", "maskfocus_no_css", "maskfocus_no_dr", "maskgrpo", "mask_grpo")},
+    "udm_grpo": ("udm_grpo", {"K": 1}),  # window(3): of the 3 eligible steps of N = 4, room for a window of 1
     "clip-maskfocus": ("maskfocus", _CLIP_REWARD),
     "clip-maskgrpo": ("maskgrpo", _CLIP_REWARD),
     "clip-mask_grpo": ("mask_grpo", _CLIP_REWARD),
