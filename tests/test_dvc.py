@@ -65,7 +65,8 @@ def test_tiny_variants_mirror_the_pipeline():
             for p in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["rl"]["matrix"]["preset"]
         },
         **{k: v["args"] for k, v in params["rl_variants"].items()},
-    }
+        "udm_grpo": f"--preset udm_grpo --set cfg={params['udm_grpo']['cfg']} --set K={params['udm_grpo']['K']}",
+    }  # the rl matrix, the rl_variants and the rl_udm stage
     assert set(TINY_VARIANTS) == set(pipeline)
     scale_only = {
         "clip_model",
@@ -73,7 +74,8 @@ def test_tiny_variants_mirror_the_pipeline():
     }  # tiny runs build their own CLIP; at N = 4 the tiny early window is 50 % (documented)
     for name, args in pipeline.items():
         want, got = _variant_config(args).to_dict(), make_config(*TINY_VARIANTS[name]).to_dict()
-        diff = {k for k in want if want[k] != got[k]} - scale_only
+        # at N = 4 a window of 3 steps leaves room for K = 1 of the 3 eligible steps (documented in report.tiny)
+        diff = {k for k in want if want[k] != got[k]} - scale_only - ({"K"} if name == "udm_grpo" else set())
         assert not diff, f"{name}: TINY_VARIANTS differs from params.yaml in {sorted(diff)}"
 
 
