@@ -6,7 +6,6 @@
 from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,9 +15,6 @@ from .engine import autocast, micro_slices, rows_of
 from .grpo import grpo_loss
 from .logprob import StepBatch, step_logps
 from .state import Run
-
-if TYPE_CHECKING:  # annotations only: the trainer imports this module
-    from maskfocus.rl.trainer import Rollouts
 
 # %% auto #0
 __all__ = ['Plans', 'Frozen', 'frozen_logps', 'Update', 'update']
@@ -48,7 +44,7 @@ class Frozen:
 def frozen_logps(
     s: Run,  # the run
     pl: Plans,  # the planned steps
-    ro: Rollouts,  # this process's rollouts (their prompts)
+    ro,  # this process's rollouts, a maskfocus.rl.trainer.Rollouts (their prompts)
 ) -> Frozen:
     "Encode the prompts; the old policy's log-probs needed before the first step, and the reference's."
     th, pooled = s.pipe.encode_prompts(ro.prompts)
