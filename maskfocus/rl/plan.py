@@ -11,7 +11,6 @@ from ..core import HelpFormatter, InputError, read_params
 from ..models.meissonic_config import MeissonicConfig
 from .budgets import derived_budgets
 from .config import RLConfig
-from .engine import EngineConfig
 from .presets import make_config
 
 # %% auto #0
@@ -21,12 +20,10 @@ __all__ = ['SHARDINGS', 'plan_config', 'plan_memory', 'format_plan', 'plan_comma
 def plan_config(
     section: dict,  # a params section: RLConfig keys, `preset`, `engine`
     file=None,  # where it came from (named in errors)
-) -> tuple[RLConfig, dict]:  # (the run's RLConfig, its engine knobs: every EngineConfig field)
-    "The RLConfig of a params section and its engine knobs."
+) -> RLConfig:  # the run's configuration, its engine knobs in `cfg.engine`
+    "The RLConfig of a params section (its `preset`, default maskfocus, then its keys)."
     d = dict(section)
-    preset = d.pop("preset", "maskfocus")
-    cfg = make_config(preset, d, file=file)
-    return cfg, cfg.engine
+    return make_config(d.pop("preset", "maskfocus"), d, file=file)
 
 # %% ../../nbs/rl/13_plan.ipynb #5d2c8b81
 def _act_profile(model: MeissonicConfig, grid, text_len: int, precision: str, ckpt: bool) -> dict:
@@ -97,7 +94,6 @@ SHARDINGS = ("none", "zero2", "fsdp")
 
 def plan_memory(
     cfg: RLConfig,  # the run's configuration
-    engine: dict | None = None,  # engine knobs (EngineConfig fields; None: the config's)
     model: MeissonicConfig | None = None,  # transformer sizes (default: the released Meissonic)
     gpus: int = 1,  # number of GPUs (processes)
     sharding: str = "none",  # none (DDP), zero2 (gradients + optimizer sharded), fsdp (also the weights)
@@ -109,7 +105,7 @@ def plan_memory(
 
     if sharding not in SHARDINGS:
         raise InputError(f"must be one of {', '.join(SHARDINGS)}, got {sharding!r}", field="--sharding")
-    e, model = EngineConfig.normalise(cfg.engine if engine is None else engine), model or MeissonicConfig.meissonic()
+    e, model = cfg.engine, model or MeissonicConfig.meissonic()
     b = derived_budgets(cfg, gpus, hw=grid[0] * grid[1])  # also checks gpus and the batch split
     S = b["samples_per_process"]
     counts = {
@@ -168,7 +164,7 @@ def plan_command(args) -> int:  # the parsed options of `maskfocus plan`
         raise InputError(f"must be a positive number of GPUs, got {args.gpus!r}", field="--gpus")
     if args.grid < 2 or args.grid % 2:
         raise InputError(f"must be an even number of tokens per side, got {args.grid}", field="--grid")
-    cfg, engine = plan_config(read_params(args.params, args.section), file=args.params)
+    cfg = plan_config(read_params(args.params, args.section), file=args.params)
     model = None
     if args.model:
         p = Path(args.model)
@@ -177,7 +173,7 @@ def plan_command(args) -> int:  # the parsed options of `maskfocus plan`
             raise InputError("no transformer config.json here", file=args.model, field="--model")
         model = MeissonicConfig.from_json(p)
     sharding = args.sharding or "none"
-    plan = plan_memory(cfg, engine, model, args.gpus, sharding, (args.grid, args.grid), args.text_len)
+    plan = plan_memory(cfg, model, args.gpus, sharding, (args.grid, args.grid), args.text_len)
     if args.json:
         print(json.dumps({**plan, "lines": [list(x) for x in plan["lines"]]}))
     else:

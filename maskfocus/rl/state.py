@@ -328,15 +328,16 @@ def _summary_last(s: Run) -> dict | None:
     return summary_metrics(old["last"]) if same and isinstance(old.get("last"), dict) else None
 
 
-def _saved_transformer(s: Run) -> torch.nn.Module:
-    "The transformer the final model is saved with: its EMA weights if any, LoRA merged into the base."
+@contextlib.contextmanager
+def _saved_transformer(s: Run):  # yields the transformer to save
+    "The transformer the final model is saved with: the EMA weights swapped in if any, LoRA merged into the base."
     t = s.acc.unwrap_model(s.model)
-    if s.ema is None and not s.lora:
-        return t
-    from maskfocus.rl.adapters import merged_model
-
     with s.ema.swapped() if s.ema is not None else contextlib.nullcontext():
-        return merged_model(t) if s.lora else copy.deepcopy(t)
+        if s.lora:
+            from maskfocus.rl.adapters import merged_model
+
+            t = merged_model(t)
+        yield t
 
 
 def _saved_text_encoder(s: Run):
@@ -359,8 +360,8 @@ def finish(
         final = s.out / "final"
         if s.main:
             p = s.pipe
-            with atomic_dir(final) as tmp:  # a kill leaves the old final/ (or none) or the complete new one
-                MaskedPipeline(_saved_transformer(s), _saved_text_encoder(s), p.tokenizer, p.sampling).save(tmp)
+            with atomic_dir(final) as tmp, _saved_transformer(s) as t:  # a kill leaves the old final/ or the new one
+                MaskedPipeline(t, _saved_text_encoder(s), p.tokenizer, p.sampling).save(tmp)
             summary = {"config": s.cfg.to_dict(), "iterations": s.end, "world_size": s.W, "budgets": s.budgets}
             summary["last"] = _summary_last(s)
             write_json_atomic(s.out / "train_summary.json", summary)
