@@ -667,6 +667,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                       'maskfocus/rl/rewards.py'),
                                       'maskfocus.rl.rewards.WeightedReward.to': ( 'rl/rewards.html#weightedreward.to',
                                                                                   'maskfocus/rl/rewards.py'),
+                                      'maskfocus.rl.rewards._checkpoint_reward': ( 'rl/rewards.html#_checkpoint_reward',
+                                                                                   'maskfocus/rl/rewards.py'),
                                       'maskfocus.rl.rewards._finite_weight': ('rl/rewards.html#_finite_weight', 'maskfocus/rl/rewards.py'),
                                       'maskfocus.rl.rewards._has_tags': ('rl/rewards.html#_has_tags', 'maskfocus/rl/rewards.py'),
                                       'maskfocus.rl.rewards._in_thread': ('rl/rewards.html#_in_thread', 'maskfocus/rl/rewards.py'),

@@ -13,7 +13,8 @@ from ..core import InputError, resolve
 from ..geneval import TAGS
 
 # %% auto #0
-__all__ = ['REWARDS', 'REWARD_NAMES', 'Reward', 'check_batch', 'per_tag_mean', 'WeightedReward', 'make_reward', 'reward_metrics']
+__all__ = ['REWARDS', 'CHECKPOINT_REWARDS', 'REWARD_NAMES', 'Reward', 'check_batch', 'per_tag_mean', 'WeightedReward',
+           'make_reward', 'reward_metrics']
 
 # %% ../../nbs/rl/02_rewards.ipynb #6c643540
 @runtime_checkable
@@ -192,14 +193,37 @@ class WeightedReward:
         return _in_thread(self, self, a.copy(), prompts, metadata)
 
 # %% ../../nbs/rl/02_rewards.ipynb #713afe3c
-REWARDS = {  # name -> its factory `f(clip_model=, clip_scale=)`, as "module:attribute" (see core.resolve)
+REWARDS = {  # name -> its factory, as "module:attribute" (see core.resolve); toy ones take f(clip_model=, clip_scale=)
     "judge": "maskfocus.toy.rewards:binary_judge",
     "judge_binary": "maskfocus.toy.rewards:binary_judge",
     "judge_partial": "maskfocus.toy.rewards:partial_judge",
     "judge_strict": "maskfocus.toy.rewards:strict_judge",
     "clip": "maskfocus.toy.rewards:clip_reward",
 }
+CHECKPOINT_REWARDS = {  # name -> factory f(path, **options) of a reward model read from a local checkpoint
+    "hps": "maskfocus.scoring.hps:hps_reward",
+    "pickscore": "maskfocus.scoring.pickscore:pickscore_reward",
+    "clip_score": "maskfocus.scoring.clip_score:clip_score_reward",
+    "image_reward": "maskfocus.scoring.image_reward:image_reward_reward",
+}
+REWARDS |= CHECKPOINT_REWARDS
 REWARD_NAMES = tuple(REWARDS)  # names `make_reward` knows (besides `remotes`)
+
+
+def _checkpoint_reward(k: str, models: dict):
+    "The reward model `k` from its local checkpoint `models[k]` (a path, or the loader's keyword arguments)."
+    if k not in models:
+        raise InputError(
+            f"the {k!r} reward loads a local checkpoint: set reward_models[{k!r}] to its path "
+            f"(make_reward's models={{{k!r}: PATH}})",
+            field=k,
+        )
+    opts = models[k]
+    if isinstance(opts, dict):
+        if "path" not in opts:
+            raise InputError("a dict of loader options needs 'path'", field=f"models.{k}")
+        return resolve(REWARDS[k])(**opts)
+    return resolve(REWARDS[k])(opts)
 
 
 def make_reward(
@@ -209,9 +233,16 @@ def make_reward(
     monitor="judge",  # "judge" (the toy judge's verdict), None, or a reward: logged accuracy when no judge is in `spec`
     clip_scale: float = 1.0,  # scale of the CLIP reward (1: raw cosine)
     timeout: float = 600.0,  # seconds to wait for a remote reward
+    models: dict | None = None,  # {name: local checkpoint path (or loader options)} of the CHECKPOINT_REWARDS
 ) -> WeightedReward:
     "A `WeightedReward` from a `{name: weight}` spec; unknown names are an `InputError` naming the key."
     remotes = dict(remotes or {})
+    if models is not None and not isinstance(models, dict):
+        raise InputError(f"models must be a mapping {{reward name: path}}, got {models!r}", field="models")
+    models = dict(models or {})
+    for k in models:
+        if k not in CHECKPOINT_REWARDS:
+            raise InputError(f"unknown reward model {k!r}; known: {', '.join(CHECKPOINT_REWARDS)}", field=f"models.{k}")
     if not isinstance(spec, dict) or not spec:
         raise InputError(f"the reward spec must be a non-empty mapping {{name: weight}}, got {spec!r}", field="reward")
     parts = {}
@@ -221,6 +252,8 @@ def make_reward(
             from maskfocus.rl.reward_server import RemoteReward  # here: reward_server imports this module
 
             r = RemoteReward(remotes[k], timeout=timeout, name=k)
+        elif k in CHECKPOINT_REWARDS:
+            r = _checkpoint_reward(k, models)
         elif k in REWARDS:
             r = resolve(REWARDS[k])(clip_model=clip_model, clip_scale=clip_scale)
         else:
