@@ -22,9 +22,9 @@ def _script(name):
 dvc_deps, code_metrics = _script("dvc_deps"), _script("code_metrics")
 
 
-# ---- layering: models/ and rl/ never import toy/ or report/; no library module imports the cli ----
+# ---- layering: models/, rl/ and scoring/ never import toy/ or report/; no library module imports the cli ----
 
-CORE_PACKAGES = ("maskfocus.models", "maskfocus.rl")
+CORE_PACKAGES = ("maskfocus.models", "maskfocus.rl", "maskfocus.scoring")
 FORBIDDEN_FOR_CORE = ("maskfocus.toy", "maskfocus.report")
 
 
@@ -55,7 +55,9 @@ def layer_violations(source: str, module: str, is_package: bool = False) -> list
 def test_layering_of_the_package():
     files = dvc_deps.module_files(ROOT)
     bad = [v for name, p in files.items() for v in layer_violations(p.read_text(), name, p.name == "__init__.py")]
-    assert not bad, "forbidden imports (models/ and rl/ reach toy/ only through plugin strings):\n" + "\n".join(bad)
+    assert not bad, (
+        "forbidden imports (models/, rl/ and scoring/ reach toy/ only through plugin strings):\n" + "\n".join(bad)
+    )
 
 
 def test_layering_check_fails_on_an_offending_module():
@@ -69,6 +71,7 @@ def test_layering_check_fails_on_an_offending_module():
     plugin = 'REGISTRY = {"Patch": "maskfocus.toy.tokenizer:PatchTokenizer"}\nfrom ..core import resolve\n'
     assert layer_violations(plugin, "maskfocus.models.fake") == [], "plugin strings are allowed"
     assert layer_violations("from ..toy import world\n", "maskfocus.report.fake") == [], "report may use toy"
+    assert layer_violations("from ..report import tables\n", "maskfocus.scoring.fake"), "scoring is a core package"
 
 
 # ---- DVC: each stage's maskfocus/*.py deps are the import-graph closure of what it runs ----
