@@ -150,7 +150,7 @@ class Mask2FormerDetector:
         import torch.nn.functional as F
 
         kw = {"size": self.size} if self.size else {}
-        inp = self.processor(images=[np.asarray(x) for x in images], return_tensors="pt", **kw)
+        inp = self.processor(images=[np.array(x, np.uint8) for x in images], return_tensors="pt", **kw)
         pv, pm = inp["pixel_values"].to(self.device, self.dtype), inp["pixel_mask"].to(self.device)
         with torch.no_grad():
             out = self.model(pixel_values=pv, pixel_mask=pm)
