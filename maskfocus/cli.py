@@ -54,7 +54,11 @@ def cmd_render(args):
 
 # %% ../nbs/03_cli.ipynb #41ccf565
 def cmd_judge(args):
-    "Judge a GenEval-layout folder of toy images; print the summary as JSON on the last line."
+    "Judge a GenEval-layout folder (toy judge or GenEval-HF); print the summary as JSON on the last line."
+    if args.evaluator == "geneval-hf":
+        from maskfocus.scoring.geneval_hf_cli import judge_hf_command
+
+        return judge_hf_command(args)
     from maskfocus.toy import judge
 
     for opt, p in (("--out", args.out), ("--summary", args.summary)):  # before judging: no results without a summary
@@ -115,10 +119,18 @@ def cmd_sample(args):
 
 
 def cmd_evaluate(args):
-    "Sample and judge a model over CFG weights and step counts; write eval.json, eval.md and grids."
+    "Sample and judge a model over CFG weights and step counts (or run a --benchmark); write eval.json, eval.md."
+    if args.benchmark:
+        from maskfocus.scoring.benchmark_cli import benchmark_command
+
+        return benchmark_command(args)
     from maskfocus.toy.evaluate import evaluate_sweep, images_per_prompt, sweep_options
 
+    if not args.metadata:
+        raise InputError("--metadata is required without --benchmark", field="--metadata")
     dev = _device(args)
+    args.steps, args.cfg = args.steps or [16], args.cfg or [3.0]
+    args.per_prompt = 4 if args.per_prompt is None else args.per_prompt
     settings = [(n, w) for n in args.steps for w in args.cfg]  # the grid of --steps x --cfg
     if args.params:  # a params section overrides the options of the same names
         opts = sweep_options(read_params(args.params, args.section), args.params, args.section)
@@ -235,10 +247,20 @@ def _add_render(sub):  # the subparsers
 
 def _add_judge(sub):  # the subparsers
     "The `judge` subcommand."
-    s = sub.add_parser("judge", formatter_class=HelpFormatter, help="judge a GenEval-layout folder of toy images")
+    from maskfocus.scoring.geneval_hf_cli import add_judge_hf_arguments
+
+    s = sub.add_parser("judge", formatter_class=HelpFormatter, help="judge a GenEval-layout folder of images")
     s.add_argument("folder", help="folder in GenEval's layout")
     s.add_argument("--out", required=True, help="results jsonl (GenEval's fields plus strict_correct and score)")
     s.add_argument("--summary", help="also write the summary JSON here")
+    s.add_argument(
+        "--evaluator",
+        choices=("toy", "geneval-hf"),
+        default="toy",
+        help="the toy judge, or GenEval's rules on a transformers Mask2Former and an open_clip colour classifier",
+    )
+    add_judge_hf_arguments(s)
+    _device_option(s)
     s.set_defaults(func=cmd_judge)
 
 
@@ -265,11 +287,15 @@ def _add_evaluate(sub):  # the subparsers
         "evaluate", formatter_class=HelpFormatter, help="sample + judge sweep over CFG weights and step counts"
     )
     s.add_argument("--model", required=True, help="model folder in the released layout (e.g. models/base)")
-    s.add_argument("--metadata", required=True, help="GenEval-format metadata jsonl")
+    s.add_argument("--metadata", help="GenEval-format metadata jsonl (not with --benchmark)")
     s.add_argument("--out", required=True, help="output folder: eval.json, eval.md")
-    s.add_argument("--cfg", type=float, nargs="+", default=[3.0], help="guidance weights")
-    s.add_argument("--steps", type=int, nargs="+", default=[16], help="step counts")
-    s.add_argument("--per-prompt", type=int, default=4, help="images per prompt (GenEval: 4)")
+    s.add_argument(
+        "--cfg", type=float, nargs="+", help="guidance weights (default: 3; with --benchmark: sampling.json's)"
+    )
+    s.add_argument("--steps", type=int, nargs="+", help="step counts (default: 16; with --benchmark: sampling.json's)")
+    s.add_argument(
+        "--per-prompt", type=int, help="images per prompt (default 4, GenEval's; with --benchmark: the benchmark's)"
+    )
     s.add_argument("--seed", type=int, default=0, help="run seed; batch k uses the generator seeded by (seed, k)")
     s.add_argument("--batch", type=int, default=64, help="images per sampler call (part of the seed rule)")
     s.add_argument(
@@ -293,6 +319,9 @@ def _add_evaluate(sub):  # the subparsers
         "--details", default=None, help="folder for the per-image results and picture grids (default: --out)"
     )
     _device_option(s)
+    from maskfocus.scoring.benchmark_cli import add_benchmark_arguments
+
+    add_benchmark_arguments(s)
     s.set_defaults(func=cmd_evaluate)
 
 

@@ -9,6 +9,7 @@ import pytest
 from maskfocus.core import InputError
 from maskfocus.geneval import load_samples, read_metadata, save_samples
 from maskfocus.scoring import benchmarks as B
+from maskfocus.scoring import benchmark_cli as BC
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "benchmarks"
@@ -192,7 +193,7 @@ def _args(pipe_dir, out, *extra):
     ap.add_argument("--steps", type=int, nargs="+")
     ap.add_argument("--cfg", type=float, nargs="+")
     ap.add_argument("--device", default="cpu")
-    B.add_benchmark_arguments(ap)
+    BC.add_benchmark_arguments(ap)
     return ap.parse_args(["--model", str(pipe_dir), "--out", str(out), *extra])
 
 
@@ -227,7 +228,7 @@ def test_benchmark_command_generates_then_scores_through_make_reward(pipe, tmp_p
         "--reward-model",
         "clip_score=/ckpt/clip",
     )
-    assert B.benchmark_command(a) == 0
+    assert BC.benchmark_command(a) == 0
     assert calls == [({"clip_score": 1.0}, {"clip_score": "/ckpt/clip"}, None)]
     assert len(list((tmp_path / "t2i/color/samples").iterdir())) == 4
     assert json.loads(capsys.readouterr().out)["scores"] == {"clip_score": {"mean": 0.5, "n": 4}}
@@ -237,5 +238,5 @@ def test_benchmark_command_generates_then_scores_through_make_reward(pipe, tmp_p
         (["--benchmark", "drawbench", "--limit", "0"], "limit"),
     ]:
         with pytest.raises(InputError) as e:
-            B.benchmark_command(_args(pipe[0], tmp_path / "x", *extra))
+            BC.benchmark_command(_args(pipe[0], tmp_path / "x", *extra))
         assert e.value.field == field

@@ -327,11 +327,13 @@ def test_no_pickle_in_protocol():
 
 def test_registry_builds_the_toy_rewards():
     "make_reward reaches the toy rewards only through REWARDS' plugin strings, and builds the same objects."
-    from maskfocus.rl.rewards import REWARD_NAMES, REWARDS
+    from maskfocus.rl.rewards import CHECKPOINT_REWARDS, REWARD_NAMES, REWARDS
     from maskfocus.toy.rewards import ClipReward
 
-    assert REWARD_NAMES == ("judge", "judge_binary", "judge_partial", "judge_strict", "clip")
-    assert all(v.startswith("maskfocus.toy.rewards:") for v in REWARDS.values())
+    toy = ("judge", "judge_binary", "judge_partial", "judge_strict", "clip")
+    assert REWARD_NAMES == toy + ("hps", "pickscore", "clip_score", "image_reward", "geneval_hf")
+    assert all(REWARDS[k].startswith("maskfocus.toy.rewards:") for k in toy)
+    assert all(v.startswith("maskfocus.scoring.") for v in CHECKPOINT_REWARDS.values())
     assert "import maskfocus.toy" not in inspect.getsource(rewards) and "from maskfocus.toy" not in inspect.getsource(
         rewards
     )

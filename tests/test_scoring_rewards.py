@@ -177,7 +177,7 @@ def test_image_reward_without_the_package_names_the_extra():
 
 
 def test_make_reward_loads_checkpoint_rewards(ckpts, imgs):
-    assert set(CHECKPOINT_REWARDS) == {"hps", "pickscore", "clip_score", "image_reward"} <= set(REWARDS)
+    assert set(CHECKPOINT_REWARDS) == {"hps", "pickscore", "clip_score", "image_reward", "geneval_hf"} <= set(REWARDS)
     models = {k: str(v) for k, v in ckpts.items()}
     r = make_reward({"hps": 1.0, "pickscore": 0.1, "clip_score": 0.5}, models=models, monitor=None)
     s, info = r(imgs, PROMPTS, METAS)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..core import InputError
-from .reward_server import RemoteReward
+from .rewards import check_reward_config
 from .engine import EngineConfig
 from .rollout import DRConfig
 
@@ -257,6 +257,13 @@ class RLConfig:
             "Flow-GRPO"
         ),
     )
+    reward_models: dict = field(
+        default_factory=dict,
+        metadata=_help(
+            "{name: local checkpoint} of the reward models in `reward` (maskfocus.scoring: hps, pickscore, clip_score, "
+            "image_reward, geneval_hf); a path, or the loader's options with 'path'"
+        ),
+    )
     reward_timeout: float = field(default=600.0, metadata=_help("seconds to wait for a reward server's answer"))
     reward_monitor: str = field(
         default="judge",
@@ -404,30 +411,9 @@ class RLConfig:
                 raise InputError(f"{k} must be a finite number >= 0, got {v!r}", field=k)
 
     def _check_reward(self):
-        "The reward spec, the reward servers' URLs, their timeout and the monitor."
-        if not isinstance(self.reward, dict) or not self.reward:
-            raise InputError(
-                f"reward must be a non-empty mapping {{name: weight}}, got {self.reward!r}", field="reward"
-            )
-        for k, w in self.reward.items():
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
-                raise InputError(f"reward weight must be a finite number, got {w!r}", field=f"reward.{k}")
-        if not isinstance(self.reward_servers, dict):
-            raise InputError(
-                f"reward_servers must be a mapping {{name: url}}, got {self.reward_servers!r}", field="reward_servers"
-            )
-        for k, u in self.reward_servers.items():  # RemoteReward checks the URL; the error names the config key
-            try:
-                RemoteReward(u, name=str(k))
-            except InputError as e:
-                raise InputError(e.msg, field=f"reward_servers.{k}") from None
-        t = self.reward_timeout
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
-            raise InputError(f"reward_timeout must be a number of seconds > 0, got {t!r}", field="reward_timeout")
-        if self.reward_monitor not in ("judge", "none"):
-            raise InputError(
-                f"reward_monitor must be 'judge' or 'none', got {self.reward_monitor!r}", field="reward_monitor"
-            )
+        "The reward spec, the reward servers' URLs, their timeout, the monitor and the local reward models."
+        args = self.reward, self.reward_servers, self.reward_timeout, self.reward_monitor, self.reward_models
+        check_reward_config(*args)
 
     # derived views
     def dr_config(self) -> DRConfig:
@@ -451,8 +437,9 @@ class RLConfig:
         d = {k: v for k, v in self.to_dict().items() if k not in self.LOGISTICS and k != "engine"}
         if eng := self.engine_config().fingerprint():  # at defaults, absent: older checkpoints stay resumable
             d["engine"] = eng
-        if not self.adv_clip:
-            d.pop("adv_clip")
+        for k in ("adv_clip", "reward_models"):  # at defaults, absent: older checkpoints stay resumable
+            if not d[k]:
+                d.pop(k)
         return d
 
     @classmethod

@@ -14,7 +14,7 @@ from ..geneval import TAGS
 
 # %% auto #0
 __all__ = ['REWARDS', 'CHECKPOINT_REWARDS', 'REWARD_NAMES', 'Reward', 'check_batch', 'per_tag_mean', 'WeightedReward',
-           'make_reward', 'reward_metrics']
+           'make_reward', 'reward_metrics', 'check_reward_config']
 
 # %% ../../nbs/rl/02_rewards.ipynb #6c643540
 @runtime_checkable
@@ -205,6 +205,7 @@ CHECKPOINT_REWARDS = {  # name -> factory f(path, **options) of a reward model r
     "pickscore": "maskfocus.scoring.pickscore:pickscore_reward",
     "clip_score": "maskfocus.scoring.clip_score:clip_score_reward",
     "image_reward": "maskfocus.scoring.image_reward:image_reward_reward",
+    "geneval_hf": "maskfocus.scoring.geneval_hf_cli:geneval_hf_reward",
 }
 REWARDS |= CHECKPOINT_REWARDS
 REWARD_NAMES = tuple(REWARDS)  # names `make_reward` knows (besides `remotes`)
@@ -294,3 +295,41 @@ def reward_metrics(
     for t, v in (acc.get("per_tag") or {}).items():
         put(f"judge/tag/{t}", v)
     return out
+
+# %% ../../nbs/rl/02_rewards.ipynb #acae54e37e7d407bbb7b55eff062a284
+def check_reward_config(
+    reward: dict,  # {name: weight}
+    servers: dict,  # {name: URL} of reward servers
+    timeout: float,  # seconds to wait for a server's answer
+    monitor: str,  # "judge" or "none"
+    models: dict,  # {name: local checkpoint path, or the loader's options with "path"} of CHECKPOINT_REWARDS
+):
+    "An RL config's reward settings, checked before anything loads; errors name the config key."
+    from maskfocus.rl.reward_server import RemoteReward  # here: reward_server imports this module
+
+    if not isinstance(reward, dict) or not reward:
+        raise InputError(f"reward must be a non-empty mapping {{name: weight}}, got {reward!r}", field="reward")
+    for k, w in reward.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise InputError(f"reward weight must be a finite number, got {w!r}", field=f"reward.{k}")
+    if not isinstance(servers, dict):
+        raise InputError(f"reward_servers must be a mapping {{name: url}}, got {servers!r}", field="reward_servers")
+    for k, u in servers.items():  # RemoteReward checks the URL; the error names the config key
+        try:
+            RemoteReward(u, name=str(k))
+        except InputError as e:
+            raise InputError(e.msg, field=f"reward_servers.{k}") from None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise InputError(f"reward_timeout must be a number of seconds > 0, got {timeout!r}", field="reward_timeout")
+    if monitor not in ("judge", "none"):
+        raise InputError(f"reward_monitor must be 'judge' or 'none', got {monitor!r}", field="reward_monitor")
+    if not isinstance(models, dict):
+        raise InputError(f"reward_models must be a mapping {{name: path}}, got {models!r}", field="reward_models")
+    for k, v in models.items():
+        if k not in CHECKPOINT_REWARDS:
+            known = ", ".join(CHECKPOINT_REWARDS)
+            raise InputError(f"unknown reward model {k!r}; known: {known}", field=f"reward_models.{k}")
+        if not (isinstance(v, str) and v) and not (isinstance(v, dict) and isinstance(v.get("path"), str)):
+            raise InputError(
+                f"expected a checkpoint path or a mapping with 'path', got {v!r}", field=f"reward_models.{k}"
+            )

@@ -14,8 +14,7 @@ from ..core import InputError, atomic_dir, reference_path, write_json_atomic, wr
 
 # %% auto #0
 __all__ = ['T2I_CATEGORIES', 'BENCHMARKS', 'read_t2i_compbench', 'read_drawbench', 'benchmark_prompts', 'layout_paths',
-           'generate_benchmark', 'read_benchmark_images', 'score_benchmark', 'add_benchmark_arguments', 'build_rewards',
-           'benchmark_command']
+           'generate_benchmark', 'read_benchmark_images', 'score_benchmark']
 
 # %% ../../nbs/scoring/06_benchmarks.ipynb #72eea5119410473aa328ad9291626812
 T2I_CATEGORIES = ("color", "shape", "texture", "spatial", "3d_spatial", "numeracy", "non_spatial", "complex")
@@ -295,77 +294,3 @@ def score_benchmark(
     write_text_atomic(folder / "scores_per_image.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     write_json_atomic(folder / "scores.json", summary)
     return summary
-
-# %% ../../nbs/scoring/06_benchmarks.ipynb #f5a1fa73e5044315a093ec459c9be902
-def add_benchmark_arguments(parser):  # the `evaluate` subcommand's parser
-    "Add `--benchmark` and its options (`maskfocus evaluate --benchmark NAME`) to a parser; returns the group."
-    g = parser.add_argument_group("benchmarks (--metadata is not used with --benchmark)")
-    g.add_argument("--benchmark", choices=tuple(BENCHMARKS), help="generate its prompts in its layout, then score")
-    g.add_argument("--categories", nargs="+", help="only these tags / categories (default: all)")
-    g.add_argument("--limit", type=int, help="at most this many prompts (per category for t2i_compbench)")
-    g.add_argument("--prompts", help="the benchmark's prompt folder (default: data/benchmarks/<benchmark>)")
-    g.add_argument("--rewards", nargs="+", help="rewards to score with (default: the benchmark's); 'none': no scores")
-    g.add_argument("--reward-model", action="append", default=[], metavar="NAME=PATH", help="a reward's checkpoint")
-    g.add_argument("--score-only", action="store_true", help="do not generate: score the images already in --out")
-    g.add_argument("--score-batch", type=int, default=16, help="images per reward call")
-    return g
-
-
-def build_rewards(
-    names: Sequence[str],  # reward names known to maskfocus.rl.rewards.make_reward
-    models: dict[str, str] | None = None,  # {name: local checkpoint path}
-    device=None,  # where the reward models run (None: as built)
-) -> dict:
-    "{name: reward} for `score_benchmark`, each built by `make_reward({name: 1.0}, models=models)` (no monitor)."
-    from maskfocus.rl.rewards import make_reward
-
-    out = {}
-    for n in names:
-        r = make_reward({n: 1.0}, models=dict(models or {}), monitor=None)
-        out[n] = r.to(device) if device is not None else r
-    return out
-
-
-def _one(v, opt):  # an option `evaluate` may give as a list; a benchmark run takes one value
-    if isinstance(v, (list, tuple)) and len(v) > 1:
-        raise InputError(f"--benchmark takes one {opt} value, got {len(v)}", field=opt)
-    return (v[0] if v else None) if isinstance(v, (list, tuple)) else v
-
-
-def _reward_models(pairs) -> dict[str, str]:  # ["NAME=PATH", ...]
-    out = {}
-    for s in pairs or ():
-        name, sep, path = s.partition("=")
-        if not sep or not name or not path:
-            raise InputError(f"expected NAME=PATH, got {s!r}", field="--reward-model")
-        out[name] = path
-    return out
-
-# %% ../../nbs/scoring/06_benchmarks.ipynb #cdf66aed5cc84ca1b48e60bad68798a8
-def benchmark_command(args) -> int:  # parsed `evaluate` arguments with `add_benchmark_arguments`' options
-    "`maskfocus evaluate --benchmark NAME`: generate the official layout into --out, score it; the exit status."
-    from maskfocus.core import resolve_device
-
-    b, out = args.benchmark, Path(args.out)
-    _check(b)
-    names = list(BENCHMARKS[b][1] if args.rewards is None else args.rewards)
-    names = [] if names == ["none"] else names
-    models, dev = _reward_models(args.reward_model), resolve_device(getattr(args, "device", "auto"))
-    if args.score_batch < 1:
-        raise InputError(f"--score-batch must be >= 1, got {args.score_batch}", field="--score-batch")
-    info = {"benchmark": b, "out": str(out)}
-    if not args.score_only:
-        from maskfocus.models.pipeline import MaskedPipeline
-
-        per = getattr(args, "per_prompt", None) or BENCHMARKS[b][0]
-        layout_paths(b, benchmark_prompts(b, args.categories, args.limit, args.prompts), per)  # fail before loading
-        pipe = MaskedPipeline.load(args.model, device=dev)
-        steps, cfg = _one(getattr(args, "steps", None), "--steps"), _one(getattr(args, "cfg", None), "--cfg")
-        kw = dict(limit=args.limit, categories=args.categories, progress=True, steps=steps, cfg=cfg, root=args.prompts)
-        info.update(generate_benchmark(pipe, b, out, per, args.seed, args.batch, **kw))
-        del pipe
-    if names:
-        s = score_benchmark(out, b, build_rewards(names, models, dev), batch=args.score_batch)
-        info["scores"] = {k: {"mean": v["mean"], "n": v["n"]} for k, v in s["rewards"].items()}
-    print(json.dumps(info))
-    return 0
