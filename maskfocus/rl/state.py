@@ -250,7 +250,8 @@ def open_run(
         return
     n_params = sum(p.numel() for p in s.params)
     print(
-        f"train: {s.W} process(es){', FSDP2 shards' if s.sharded else ''}, transformer {n_params / 1e6:.3f} M trainable params, "
+        f"train: {s.W} process(es){', FSDP2 shards' if s.sharded else ''}, "
+        f"transformer {n_params / 1e6:.3f} M trainable params, "
         f"reference model: {s.reference is not None}, iterations {s.start} -> {s.end} of {cfg.iterations}\n"
         f"derived budgets (per process, per iteration):\n{format_budgets(s.budgets)}",
         flush=True,
@@ -377,7 +378,8 @@ def finish(
             full = unsharded_copy(s.model, gather_state(s.model)[0].state_dict())
         if s.main:
             p = s.pipe
-            with atomic_dir(final) as tmp, _saved_transformer(s, full) as t:  # a kill leaves the old final/ or the new one
+            # a kill leaves the old final/ or the new one
+            with atomic_dir(final) as tmp, _saved_transformer(s, full) as t:
                 MaskedPipeline(t, _saved_text_encoder(s), p.tokenizer, p.sampling).save(tmp)
             summary = {"config": s.cfg.to_dict(), "iterations": s.end, "world_size": s.W, "budgets": s.budgets}
             summary["last"] = _summary_last(s)
