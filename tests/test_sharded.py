@@ -297,6 +297,85 @@ def test_ddp_exact_resume_and_across_world_sizes(base, metas, tmp_path):
     assert wa.keys() == wc.keys() and diff <= 1e-5
 
 
+# --- the trainer's own FSDP2 (engine.sharding fsdp), 2 processes -----------------------------------------------------
+
+FSDP = {**TINY, "iterations": 4, "checkpoint_every": 2, "eval_every": 4, "eval_prompts": 2, "eval_per_prompt": 1}
+
+
+def fsdp_params(tmp: Path, sharding: str = "fsdp") -> Path:
+    import yaml
+
+    p = tmp / f"params_{sharding}.yaml"
+    p.write_text(yaml.safe_dump({"t": {"preset": "maskfocus", **FSDP, "engine": {"sharding": sharding}}}))
+    return p
+
+
+def max_diff(a: Path, b: Path) -> float:
+    from safetensors.torch import load_file
+
+    ta, tb = load_file(a), load_file(b)
+    assert ta.keys() == tb.keys()
+    return max(float((ta[k].double() - tb[k].double()).abs().max()) for k in ta)
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(base, tmp_path_factory) -> dict:
+    "4 iterations of the RL trainer sharded over 2 processes (gloo), with the first update's gradients dumped."
+    tmp = tmp_path_factory.mktemp("fsdp")
+    out = tmp / "straight"
+    s = launch2(base, out, fsdp_params(tmp), "--debug-grads", str(tmp / "grads2.safetensors"))
+    return {**s, "out": out, "tmp": tmp}
+
+
+def test_fsdp_trainer_matches_one_process(fsdp_run, base, metas, tmp_path):
+    """engine.sharding fsdp with 2 processes == sharding none with 1 process on the same global batch: the first
+    update's gradients within 1e-6, the trained weights after 4 iterations (rollouts, evaluation at iteration 4,
+    checkpoints, final save) within 1e-5."""
+    from _launch_train import run
+    from maskfocus.rl.config import make_config
+
+    s, a = fsdp_run, fsdp_run["out"]
+    assert s["world_size"] == 2 and s["iterations"] == 4 and "train: 2 process(es), FSDP2 shards" in s["stdout"]
+    one = run(make_config("maskfocus", FSDP), base, tmp_path / "one", metas, debug_grads_path=tmp_path / "g1.st")
+    assert one["world_size"] == 1 and one["end"] == 4 and "eval/accuracy" in one["history"][-1]
+    g = max_diff(fsdp_run["tmp"] / "grads2.safetensors", tmp_path / "g1.st")
+    w = max_diff(a / WEIGHTS, tmp_path / "one" / WEIGHTS)
+    print(f"FSDP2 trainer, 2 processes vs 1 unsharded: max |g2 - g1| = {g:.2e} (first update), max |w2 - w1| = {w:.2e}")
+    assert g <= 1e-6 and w <= 1e-5
+    from safetensors.torch import load_file
+
+    w0 = load_file(Path(base) / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert max(float((load_file(a / WEIGHTS)[k] - v).abs().max()) for k, v in w0.items()) > 1e-4, "it trained"
+
+
+def test_fsdp_exact_resume_and_one_process(fsdp_run, base, metas, tmp_path):
+    """Sharded, 2 processes: 2 iterations + resume + 2 == 4 iterations bit for bit (final weights, the gathered
+    checkpoint's weights and AdamW state, summary); the sharded checkpoint (full state, the unsharded layout) resumed
+    by 1 unsharded process ends within 1e-5 of the sharded run."""
+    from _launch_train import run
+    from maskfocus.rl.config import make_config
+    from maskfocus.runs import list_checkpoints
+
+    a, b, c = fsdp_run["out"], tmp_path / "resumed", tmp_path / "one"
+    p = fsdp_params(tmp_path)
+    first = launch2(base, b, p, "--max-iterations", "2")
+    assert first["iterations"] == 2 and first["final"] is None
+    shutil.copytree(b, c)
+    s = launch2(base, b, p)
+    assert s["iterations"] == 4 and "iterations 2 -> 4 of 4" in s["stdout"]
+    assert same_tensors(a / WEIGHTS, b / WEIGHTS), "a sharded resume must be exact"
+    ca, cb = list_checkpoints(a / "run")[-1], list_checkpoints(b / "run")[-1]
+    assert ca.name == cb.name == "step_0000004"
+    for f in ("weights.safetensors", "optimizer.safetensors"):
+        assert same_tensors(ca / f, cb / f), f
+    assert (a / "train_summary.json").read_bytes() == (b / "train_summary.json").read_bytes()
+    one = run(make_config("maskfocus", FSDP), base, c, metas)  # sharding none, world size 1
+    assert one["start"] == 2 and one["end"] == 4 and one["world_size"] == 1
+    diff = max_diff(a / WEIGHTS, c / WEIGHTS)
+    print(f"resume of a 2-process FSDP2 checkpoint with 1 unsharded process: max |w2 - w1| = {diff:.2e}")
+    assert diff <= 1e-5
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["fsdp"]:
     sys.path.insert(0, str(ROOT))
     fsdp_worker(*sys.argv[2:4])

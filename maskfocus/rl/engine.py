@@ -20,6 +20,7 @@ __all__ = ['SCHEDULING', 'EngineConfig', 'low_dtype', 'accelerate_precision', 'a
 _PRECISIONS = ("fp32", "bf16", "fp16")
 _OPTIMIZERS = ("adamw", "adamw_8bit")
 _ROLLOUT_BATCH = ("auto", "group", "all")
+_SHARDING = ("none", "fsdp")
 SCHEDULING = (
     "micro_batch",
     "grad_checkpointing",
@@ -27,6 +28,7 @@ SCHEDULING = (
     "reward_overlap",
     "compile",
     "tf32",
+    "sharding",
 )  # not fingerprinted
 
 
@@ -104,9 +106,22 @@ class EngineConfig:
         ),
     )
     compile: bool = field(default=False, metadata=_help("torch.compile the transformer (CUDA; slow to start)"))
+    sharding: str = field(
+        default="none",
+        metadata=_help(
+            "none: every process holds the whole policy (DDP); fsdp: the trainer shards it over the processes with "
+            "FSDP2 (each block, then the root; rollouts one call for all groups); launch with the DDP config or "
+            "torchrun. Not yet with LoRA, EMA, compile or fp16"
+        ),
+    )
 
     def __post_init__(self):
-        for k, ok in (("precision", _PRECISIONS), ("optimizer", _OPTIMIZERS), ("rollout_batch", _ROLLOUT_BATCH)):
+        for k, ok in (
+            ("precision", _PRECISIONS),
+            ("optimizer", _OPTIMIZERS),
+            ("rollout_batch", _ROLLOUT_BATCH),
+            ("sharding", _SHARDING),
+        ):
             if getattr(self, k) not in ok:
                 raise InputError(f"{k} must be one of {', '.join(ok)}, got {getattr(self, k)!r}", field=k)
         for k in ("tf32", "grad_checkpointing", "reward_overlap", "masked_sampling", "compile"):
@@ -138,15 +153,18 @@ class EngineConfig:
 
     @classmethod
     def normalise(cls, engine) -> dict:  # RLConfig.engine: a mapping of EngineConfig fields (or an EngineConfig)
-        "The mapping with every field filled in and checked; errors name the field as the config does (engine.x)."
+        "The mapping with every field filled in and checked (sharding only when not none); errors name engine.x."
         if isinstance(engine, EngineConfig):
             engine = asdict(engine)
         if not isinstance(engine, dict):
             raise InputError(f"engine must be a mapping of EngineConfig fields, got {engine!r}", field="engine")
         try:
-            return asdict(cls.from_dict(engine))
+            d = asdict(cls.from_dict(engine))
         except InputError as e:
             raise InputError(e.msg, field=f"engine.{e.field}") from None
+        if d["sharding"] == "none":  # left out at its default: the records of earlier runs stay byte for byte
+            del d["sharding"]
+        return d
 
     def fingerprint(self) -> dict:
         "The knobs that change results and differ from their defaults (what a checkpoint must match)."
@@ -249,10 +267,17 @@ def make_accelerator(
         AcceleratorState._reset_state(reset_partial_state=False)
     kw = [DistributedDataParallelKwargs(find_unused_parameters=False)]
     acc = Accelerator(cpu=dev.type == "cpu", mixed_precision=mp, kwargs_handlers=kw)
-    if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+    if acc.distributed_type == DistributedType.FSDP:
         raise InputError(
-            f"the trainer runs DDP; {acc.distributed_type.value} launches are not supported yet (see "
-            "nbs/explanations/multi_gpu.md): launch with configs/accelerate/ddp.yaml",
+            "the trainer shards the model itself: launch with configs/accelerate/ddp.yaml (or torchrun) and set "
+            "engine.sharding: fsdp in the run's section, instead of an accelerate FSDP launch (see "
+            "nbs/explanations/multi_gpu.md)",
+            field="distributed_type",
+        )
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        raise InputError(
+            "the trainer runs DDP or its own FSDP2 (engine.sharding: fsdp); DeepSpeed launches are not supported "
+            "yet (see nbs/explanations/multi_gpu.md): launch with configs/accelerate/ddp.yaml",
             field="distributed_type",
         )
     return acc

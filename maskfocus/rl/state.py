@@ -61,6 +61,7 @@ class Run:
     report: Path | None = None  # folder of the metrics and the summary (None: dvclive under out/run)
     base: Path | None = None  # the base pipeline folder (its text encoder is saved with the final model)
     lora: bool = False  # the transformer carries LoRA adapters (only they train; the reference: adapters off)
+    sharded: bool = False  # the transformer is FSDP2-sharded over the processes (maskfocus.rl.sharding)
     ema: object = None  # the EMA of the trained parameters (maskfocus.rl.adapters.EMA), if any
     debug_grads_path: str | Path | None = None  # save the synced gradients of the first update here
     model: torch.nn.Module | None = None  # the transformer wrapped for the processes (open_run)
@@ -189,6 +190,11 @@ def setup(
     pipe = _load_pipeline(base, dev)
     budgets.update(derived_budgets(cfg, acc.num_processes, hw=pipe.grid[0] * pipe.grid[1]))
     reference, lora = _engine_models(cfg, pipe, dev)
+    if sharded := cfg.engine.get("sharding") == "fsdp" and acc.num_processes > 1:  # the optimizer gets the shards
+        from .sharding import check_sharding, shard_transformer
+
+        check_sharding(cfg.engine_config(), pipe.transformer)
+        shard_transformer(pipe.transformer, dev, cfg.engine["precision"])
     est = make_estimator(cfg.estimator, mask_id=int(pipe.transformer.mask_token_id), **cfg.estimator_knobs())
     reward = reward_fn if reward_fn is not None else _make_reward(cfg)
     if callable(getattr(reward, "to", None)):  # a reward model (CLIP) runs where the images are made
@@ -204,6 +210,7 @@ def setup(
         report=report,
         base=Path(base),
         lora=lora,
+        sharded=sharded,
         ema=make_ema(pipe.transformer, cfg.engine_config()),
         debug_grads_path=debug_grads_path,
         identity=identity,
@@ -217,7 +224,10 @@ def resume_run(
     "Load the checkpoint the run continues from, if any: same config and base, newest intact (`runs.resume_from`)."
     ck = resume_from(s.run_dir, s.cfg.fingerprint(), resume, s.main, s.acc.wait_for_everyone, identity=s.identity)
     if ck is not None:
-        st = load_checkpoint(ck, checkpoint_modules(s.pipe.transformer, s.lora, s.ema), s.opt, s.sched, s.gens)
+        load = load_checkpoint
+        if s.sharded:
+            from .sharding import load_sharded as load
+        st = load(ck, checkpoint_modules(s.pipe.transformer, s.lora, s.ema), s.opt, s.sched, s.gens)
         s.start, s.last = st["step"], st["extra"].get("last")
     return s.start
 
@@ -229,7 +239,10 @@ def open_run(
     "Wrap the model for the processes, fix this call's iterations, print the banner, open dvclive (main process)."
     cfg = s.cfg
     # together, as DeepSpeed and FSDP need; accelerate's autocast wraps the transformer's forward (rollouts too)
-    s.model, s.opt = s.acc.prepare(s.pipe.transformer, s.opt)
+    if s.sharded:  # FSDP2 already (setup): no DDP wrapper; its precision is FSDP's (sharding.shard_transformer)
+        s.model = s.pipe.transformer
+    else:
+        s.model, s.opt = s.acc.prepare(s.pipe.transformer, s.opt)
     s.end = cfg.iterations if max_iterations is None else min(cfg.iterations, s.start + max_iterations)
     s.segs = layout_segments(cfg.prompts_per_iter, cfg.group_size, s.W, s.rank)
     s.micro, s.dr = s.pipe.micro_conds(1), cfg.dr_config()
@@ -237,7 +250,8 @@ def open_run(
         return
     n_params = sum(p.numel() for p in s.params)
     print(
-        f"train: {s.W} process(es), transformer {n_params / 1e6:.3f} M trainable params, "
+        f"train: {s.W} process(es){', FSDP2 shards' if s.sharded else ''}, "
+        f"transformer {n_params / 1e6:.3f} M trainable params, "
         f"reference model: {s.reference is not None}, iterations {s.start} -> {s.end} of {cfg.iterations}\n"
         f"derived budgets (per process, per iteration):\n{format_budgets(s.budgets)}",
         flush=True,
@@ -329,9 +343,9 @@ def _summary_last(s: Run) -> dict | None:
 
 
 @contextlib.contextmanager
-def _saved_transformer(s: Run):  # yields the transformer to save
+def _saved_transformer(s: Run, full=None):  # yields the transformer to save; full: an unsharded copy (FSDP)
     "The transformer the final model is saved with: the EMA weights swapped in if any, LoRA merged into the base."
-    t = s.acc.unwrap_model(s.model)
+    t = s.acc.unwrap_model(s.model) if full is None else full
     with s.ema.swapped() if s.ema is not None else contextlib.nullcontext():
         if s.lora:
             from maskfocus.rl.adapters import merged_model
@@ -357,10 +371,15 @@ def finish(
     "After the run's last iteration save the trained pipeline and the summary (main process); this call's summary."
     final = None
     if s.end == s.cfg.iterations:
-        final = s.out / "final"
+        final, full = s.out / "final", None
+        if s.sharded:  # gathered on every process (a collective), an unsharded copy on the main one
+            from .sharding import gather_state, unsharded_copy
+
+            full = unsharded_copy(s.model, gather_state(s.model)[0].state_dict())
         if s.main:
             p = s.pipe
-            with atomic_dir(final) as tmp, _saved_transformer(s) as t:  # a kill leaves the old final/ or the new one
+            # a kill leaves the old final/ or the new one
+            with atomic_dir(final) as tmp, _saved_transformer(s, full) as t:
                 MaskedPipeline(t, _saved_text_encoder(s), p.tokenizer, p.sampling).save(tmp)
             summary = {"config": s.cfg.to_dict(), "iterations": s.end, "world_size": s.W, "budgets": s.budgets}
             summary["last"] = _summary_last(s)

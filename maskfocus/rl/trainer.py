@@ -67,7 +67,8 @@ def roll_out(
     gens = [unit_generator(cfg.seed, it, g, _part(s, g, lo, hi), "rollout", s.dev) for g, lo, hi in segs]
     kw = dict(N=cfg.steps, cfg=cfg.cfg, dr=s.dr, masked_only=eng["masked_sampling"])
     metas = [gmetas[g] for g, lo, hi in segs for _ in range(lo, hi)]
-    if eng["rollout_batch"] == "all" or (eng["rollout_batch"] == "auto" and s.dev.type == "cuda"):
+    # sharded: every forward is a collective, and one call for all groups makes N calls on every process
+    if eng["rollout_batch"] == "all" or s.sharded or (eng["rollout_batch"] == "auto" and s.dev.type == "cuda"):
         prompts, sizes = [gmetas[g]["prompt"] for g, _, _ in segs], [hi - lo for _, lo, hi in segs]
         return Rollouts(rollout_groups(s.pipe, prompts, sizes, gens, **kw), metas)  # = the per-group rollouts
     ro = Rollouts([], metas, [] if eng["reward_overlap"] and hasattr(s.reward, "submit") else None)
@@ -156,12 +157,13 @@ def evaluate(
     pipe: MaskedPipeline,  # the pipeline being trained
     acc,  # the accelerate.Accelerator
     evaluator: str = "judge",  # a key of EVALUATORS
+    every_rank: bool = False,  # run it on every process (a sharded model's forwards are collectives)
 ) -> dict:  # eval/accuracy, eval/tag/*, time/eval (main process; {} on the others)
-    "Accuracy on the first test prompts (main process; the others wait)."
+    "Accuracy on the first test prompts (main process; the others wait, or run it too)."
     from maskfocus import geneval
 
     out = {}
-    if acc.is_main_process:
+    if acc.is_main_process or every_rank:
         p = Path(cfg.test_prompts)
         if not p.is_absolute() and not p.exists() and (root := repo_root()) is not None:
             p = root / p
@@ -175,7 +177,7 @@ def evaluate(
             "time/eval": time.perf_counter() - t,
         }
     acc.wait_for_everyone()
-    return out
+    return out if acc.is_main_process else {}
 
 # %% ../../nbs/rl/11_trainer.ipynb #17e25f16
 UPDATE_STATS = ("loss", "pg_loss", "kl", "clip_frac", "ratio_mean", "entropy")  # grpo_loss means, as update/*
@@ -219,7 +221,7 @@ def metrics(
     met.update({f"select/hist/{x:03d}": float(hist[x]) for x in range(N)})
     if s.cfg.eval_every and (it + 1) % s.cfg.eval_every == 0:
         with s.ema.swapped() if s.ema is not None else contextlib.nullcontext():  # the EMA weights are evaluated
-            met.update(evaluate(s.cfg, s.pipe, s.acc))
+            met.update(evaluate(s.cfg, s.pipe, s.acc, every_rank=s.sharded))
     met["time/iteration"] = time.perf_counter() - t[0]
     return met
 
@@ -257,11 +259,17 @@ def checkpoint(
     cfg = s.cfg
     if not ((cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0) or it + 1 == s.end):
         return
+    opt, gathered = s.opt, None
+    if s.sharded:  # the full state, gathered on every process (a collective), in the unsharded layout
+        from .sharding import gather_state
+
+        gathered, opt = gather_state(s.model, s.opt)
     if s.main:
         extra = checkpoint_extra(s, it, met)
         modules = checkpoint_modules(s.acc.unwrap_model(s.model), s.lora, s.ema)
+        modules = modules if gathered is None else {"transformer": gathered}
         s.last_ck = save_checkpoint(
-            s.run_dir, it + 1, modules, s.opt, s.sched, s.gens, extra=extra, keep=cfg.keep_checkpoints
+            s.run_dir, it + 1, modules, opt, s.sched, s.gens, extra=extra, keep=cfg.keep_checkpoints
         )
     s.acc.wait_for_everyone()
 

@@ -127,14 +127,21 @@ def _backward(s: Run, pl: Plans, fr: Frozen, adv: torch.Tensor, j: int, k: int) 
 def _first_update(s: Run, it: int):
     "After this call's first backward passes: trainable parameters without gradient; the gradients (debug)."
     trainable = [(n, p) for n, p in s.acc.unwrap_model(s.model).named_parameters() if p.requires_grad]
-    s.no_grad = [n for n, p in trainable if p.grad is None or not bool(p.grad.any())]
+    full = None
+    if s.sharded:  # the full gradients, gathered on every process (a collective)
+        from .sharding import full_grads
+
+        full = full_grads(trainable)
+        s.no_grad = [n for n, g in full.items() if not bool(g.any())]
+    else:
+        s.no_grad = [n for n, p in trainable if p.grad is None or not bool(p.grad.any())]
     if s.lora:  # LoRA's B starts at 0, so every A has a zero gradient in the first update: expected, not a bug
         s.no_grad = [n for n in s.no_grad if ".lora_A." not in n]
     if s.debug_grads_path is not None and s.main:
         from safetensors.torch import save_file
 
         zero = torch.zeros_like
-        grads = {
+        grads = full or {
             n: (p.grad if p.grad is not None else zero(p)).detach().cpu().contiguous().clone() for n, p in trainable
         }
         with atomic_write(s.debug_grads_path) as tmpf:
@@ -144,7 +151,11 @@ def _first_update(s: Run, it: int):
 
 def _optimizer_step(s: Run) -> tuple[float, float]:  # (gradient norm, learning rate of the step)
     "Clip the gradients (or only measure their norm), then step the optimizer and the LR schedule."
-    if s.cfg.grad_clip > 0:
+    if s.sharded:  # over the shards (DTensor gradients)
+        from .sharding import grad_norm
+
+        gnorm = grad_norm(s.params, s.cfg.grad_clip)
+    elif s.cfg.grad_clip > 0:
         gnorm = float(s.acc.clip_grad_norm_(s.model.parameters(), s.cfg.grad_clip))
     else:
         gnorm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in s.params if p.grad is not None])))
