@@ -910,6 +910,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                          'maskfocus/scoring/geneval_hf.py'),
                                               'maskfocus.scoring.geneval_hf.GenEvalHFReward.to': ( 'scoring/geneval_hf.html#genevalhfreward.to',
                                                                                                    'maskfocus/scoring/geneval_hf.py'),
+                                              'maskfocus.scoring.geneval_hf.GenEvalHFReward.vocabulary': ( 'scoring/geneval_hf.html#genevalhfreward.vocabulary',
+                                                                                                           'maskfocus/scoring/geneval_hf.py'),
                                               'maskfocus.scoring.geneval_hf.Mask2FormerDetector': ( 'scoring/geneval_hf.html#mask2formerdetector',
                                                                                                     'maskfocus/scoring/geneval_hf.py'),
                                               'maskfocus.scoring.geneval_hf.Mask2FormerDetector.__init__': ( 'scoring/geneval_hf.html#mask2formerdetector.__init__',

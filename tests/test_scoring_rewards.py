@@ -3,12 +3,14 @@ ImageReward) on tiny random models written in the real layouts, and their regist
 
 import importlib.util
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from maskfocus.core import InputError
+from maskfocus.geneval import read_metadata
 from maskfocus.rl.rewards import CHECKPOINT_REWARDS, REWARDS, Reward, make_reward
 from maskfocus.scoring import clip_score, hps, image_reward, images, pickscore
 
@@ -197,3 +199,32 @@ def test_make_reward_without_a_path_names_the_key():
         make_reward({"judge": 1.0}, models=["hps"])
     with pytest.raises(InputError, match="field 'models.hps'"):
         make_reward({"hps": 1.0}, models={"hps": {"arch": "ViT-H-14"}})
+
+
+def test_training_with_local_reward_models(base, metas, tmp_path):
+    """An RL run scores with reward models read from local checkpoints (`reward_models`), here a tiny HPS and the
+    GenEval-HF evaluator on a tiny Mask2Former; every reward is logged and the run saves its final model."""
+    from maskfocus.rl import trainer
+    from maskfocus.rl.config import make_config
+    from maskfocus.scoring.geneval_hf_cli import write_tiny_color_clip, write_tiny_mask2former
+    from maskfocus.scoring.hps import write_tiny_hps
+
+    gen = {"path": str(write_tiny_mask2former(tmp_path / "det")), "clip": str(write_tiny_color_clip(tmp_path / "cc"))}
+    models = {"hps": str(write_tiny_hps(tmp_path / "hps" / "HPS_v2.1_compressed.pt")), "geneval_hf": gen}
+    models["geneval_hf"]["size"] = "processor"
+    over = {"prompts_per_iter": 2, "group_size": 2, "steps": 4, "K": 2, "iterations": 1, "log_images_every": 0}
+    cfg = make_config(
+        "maskfocus",
+        {**over, "reward": {"hps": 0.5, "geneval_hf": 0.5}, "reward_models": models, "reward_monitor": "none"},
+    )
+    with pytest.raises(InputError, match="unknown class"):  # toy prompts: refused before anything is written
+        trainer.train(cfg, base, tmp_path / "toy", prompts=metas, progress=False)
+    assert not (tmp_path / "toy").exists()
+    coco = read_metadata(Path(__file__).parents[1] / "data/benchmarks/geneval/prompts/evaluation_metadata.jsonl")
+    s = trainer.train(cfg, base, tmp_path / "run", prompts=coco[:8], progress=False)
+    h = s["history"][-1]
+    assert {"reward/hps/mean", "reward/geneval_hf/mean"} <= set(h) and np.isfinite(h["reward/hps/mean"])
+    assert (tmp_path / "run" / "final" / "transformer" / "config.json").is_file()
+    with pytest.raises(InputError) as e:  # a checkpoint reward without its path: refused with the config, key named
+        make_config("maskfocus", {**over, "reward": {"hps": 1.0}, "reward_monitor": "none"})
+    assert e.value.field == "reward_models.hps" and "reward_models['hps']" in e.value.msg

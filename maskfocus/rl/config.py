@@ -425,8 +425,11 @@ class RLConfig:
         return {k: getattr(self, k) for k in _ESTIMATOR_KNOBS[self.estimator]}
 
     def to_dict(self) -> dict:
-        "A JSON-able dict (tuples as lists)."
-        return json.loads(json.dumps({f.name: getattr(self, f.name) for f in fields(self)}))
+        "A JSON-able dict (tuples as lists); `reward_models` only when set, as in summaries written before it existed."
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not d["reward_models"]:
+            d.pop("reward_models")
+        return json.loads(json.dumps(d))
 
     def engine_config(self) -> EngineConfig:
         "The hardware settings as an `EngineConfig`."
@@ -437,9 +440,8 @@ class RLConfig:
         d = {k: v for k, v in self.to_dict().items() if k not in self.LOGISTICS and k != "engine"}
         if eng := self.engine_config().fingerprint():  # at defaults, absent: older checkpoints stay resumable
             d["engine"] = eng
-        for k in ("adv_clip", "reward_models"):  # at defaults, absent: older checkpoints stay resumable
-            if not d[k]:
-                d.pop(k)
+        if not self.adv_clip:  # at its default, absent: older checkpoints stay resumable
+            d.pop("adv_clip")
         return d
 
     @classmethod

@@ -110,7 +110,12 @@ def _load_pipeline(base, dev) -> MaskedPipeline:
 def _make_reward(cfg: RLConfig):
     monitor = "judge" if cfg.reward_monitor == "judge" else None
     return make_reward(
-        cfg.reward, clip_model=cfg.clip_model, remotes=cfg.reward_servers, timeout=cfg.reward_timeout, monitor=monitor
+        cfg.reward,
+        clip_model=cfg.clip_model,
+        remotes=cfg.reward_servers,
+        timeout=cfg.reward_timeout,
+        monitor=monitor,
+        models=cfg.reward_models,
     )
 
 

@@ -372,6 +372,11 @@ class GenEvalHFReward:
         self.evaluator, self.kind, self.keep_records = evaluator, kind, keep_records
         self.name = "geneval_hf" if kind == "binary" else f"geneval_hf_{kind}"
 
+    @property
+    def vocabulary(self) -> dict:
+        "The classes and colours it can judge: a trainer checks every training prompt against them before it starts."
+        return {"classes": tuple(self.evaluator.detector.names), "colors": COLORS}
+
     def to(self, device) -> "GenEvalHFReward":  # a torch device or its name
         "Move the evaluator's models."
         self.evaluator.to(device)
