@@ -15,6 +15,7 @@ SECTIONS = {
     "": "maskfocus",
     "models": "maskfocus.models",
     "rl": "maskfocus.rl",
+    "scoring": "maskfocus.scoring",
     "toy": "maskfocus.toy",
     "report": "maskfocus.report",
     "explanations": "Explanations",
