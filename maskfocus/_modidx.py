@@ -176,6 +176,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                      'maskfocus/models/sampler.py'),
                                           'maskfocus.models.sampler._guided_logits': ( 'models/sampler.html#_guided_logits',
                                                                                        'maskfocus/models/sampler.py'),
+                                          'maskfocus.models.sampler._packs': ('models/sampler.html#_packs', 'maskfocus/models/sampler.py'),
                                           'maskfocus.models.sampler._per_position': ( 'models/sampler.html#_per_position',
                                                                                       'maskfocus/models/sampler.py'),
                                           'maskfocus.models.sampler._raw_count': ( 'models/sampler.html#_raw_count',

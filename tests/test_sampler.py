@@ -410,3 +410,158 @@ def test_sample_errors():
     assert field_of(bad(grid=(4,))) == "grid"
     assert field_of(bad(grid=(4, 5))) == "model"  # the model returns 4x4 logits
     assert field_of(lambda: sample(object(), **c, **kw)) == "model"
+
+
+# ---------------------------------------------------------------- masked_only with the packed head
+
+
+def test_packed_step_equals_the_masked_only_step():
+    "maskgit_step on packed [M,V] rows = the masked_only step on [B,V,H,W] (same values, same draws)."
+    B, V, H, W = 3, 7, 4, 5
+    g = torch.Generator().manual_seed(4)
+    for s in (0, 2, 5):
+        tok = torch.randint(0, V, (B, H, W), generator=g)
+        tok[torch.rand(B, H, W, generator=g) < 0.6] = V
+        tok[:, 0, 0] = V  # at least one mask per map
+        logits = torch.randn(B, V, H, W, generator=g) * 3
+        T = 0.5 + torch.rand(B, H * W, generator=g)
+        packed = logits.permute(0, 2, 3, 1)[tok == V]
+        for temp in (None, T):
+            run = lambda lg: maskgit_step(
+                lg, tok, s, 6, V, torch.Generator().manual_seed(s), 1.5, temp, masked_only=True
+            )
+            a, b = run(logits), run(packed)
+            for f in ("tokens", "x0_hat", "logp", "confidence", "n_masks"):
+                assert torch.equal(getattr(a, f), getattr(b, f)), f
+
+
+def test_packed_step_errors():
+    V, tok = 5, torch.full((2, 4, 4), 5)
+    tok[0, 0, 0] = 1  # 31 masks
+    ok = dict(step=0, N=4, mask_id=V, generator=None, gumbel_temp=1.0)
+    assert field_of(lambda: maskgit_step(torch.randn(31, V), tok, **ok)) == "logits", "packed needs masked_only"
+    assert field_of(lambda: maskgit_step(torch.randn(32, V), tok, masked_only=True, **ok)) == "logits"
+    assert maskgit_step(torch.randn(31, V), tok, masked_only=True, **ok).tokens.shape == (2, 4, 4)
+
+
+class FullHead(torch.nn.Module):
+    "The same model without `supports_positions`: the sampler runs its head everywhere (the unpacked path)."
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.codebook_size, self.mask_token_id = model, model.codebook_size, model.mask_token_id
+
+    def forward(self, *args):
+        return self.model(*args)
+
+
+class Spy(torch.nn.Module):
+    "A packed-head model that records the positions it is asked for."
+
+    supports_positions = True
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.codebook_size, self.mask_token_id = model, model.codebook_size, model.mask_token_id
+        self.asked = []
+
+    def forward(self, *args, positions=None):
+        self.asked.append(None if positions is None else positions.clone())
+        return self.model(*args, positions=positions)
+
+
+def tiny_meissonic(seed, B=3):
+    from maskfocus.models.meissonic_config import MeissonicConfig
+    from maskfocus.models.transformer import MeissonicTransformer
+
+    torch.manual_seed(seed)
+    model = MeissonicTransformer(MeissonicConfig.tiny()).eval()
+    g = torch.Generator().manual_seed(100 + seed)
+    c = dict(
+        text_hidden=torch.randn(B, 5, 24, generator=g),
+        pooled=torch.randn(B, 32, generator=g),
+        neg_text_hidden=torch.randn(1, 5, 24, generator=g),
+        neg_pooled=torch.randn(1, 32, generator=g),
+        micro_conds=torch.tensor([[1024.0, 1024, 0, 0, 6]]),
+    )
+    return model, c
+
+
+def entropy_temperature(logits, tokens, step):
+    "A Dynamic-Routing-like hook: per-token temperature from the entropy at the masked positions (packed or not)."
+    masked = tokens == 71
+    rows = logits if logits.ndim == 2 else logits[masked]
+    H = torch.special.entr(rows.float().softmax(-1)).sum(-1)
+    T = torch.ones(tokens.shape)
+    T[masked] = 1.0 + H / 4
+    return T
+
+
+def packed_entropy_temperature(logits, tokens, step):
+    return entropy_temperature(logits, tokens, step)
+
+
+packed_entropy_temperature.packed_logits = True
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("cfg", [None, 3.0])
+@pytest.mark.parametrize("hooked", [False, True])
+def test_packed_head_sampling_equals_the_full_head(seed, cfg, hooked):
+    "Tiny Meissonic, masked_only=True: the packed head gives the same tokens, x0_hat, logp and confidence."
+    model, c = tiny_meissonic(seed)
+    runs = []
+    for m, fn in ((FullHead(model), entropy_temperature), (Spy(model), packed_entropy_temperature)):
+        rec = []
+        out = sample(
+            m,
+            **c,
+            N=8,
+            cfg=cfg,
+            generator=torch.Generator().manual_seed(seed),
+            grid=(8, 8),
+            return_x0=True,
+            masked_only=True,
+            temperature_fn=fn if hooked else None,
+            on_step=lambda s, o: rec.append(o),
+        )
+        runs.append((out, rec))
+    (tok_a, x0_a), rec_a = runs[0]
+    (tok_b, x0_b), rec_b = runs[1]
+    assert torch.equal(tok_a, tok_b) and torch.equal(x0_a, x0_b)
+    for a, b in zip(rec_a, rec_b):
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.n_masks, b.n_masks)
+        assert torch.allclose(a.logp, b.logp, atol=1e-5, rtol=0) and bool((b.logp[a.logp == 0] == 0).all())
+        assert torch.equal(a.confidence.isinf(), b.confidence.isinf())
+        fin = a.confidence.isfinite()
+        assert torch.allclose(a.confidence[fin], b.confidence[fin], atol=1e-5, rtol=0)
+    # the head was asked for the masked positions of each step, the same in both guidance halves
+    spy = m
+    assert len(spy.asked) == 8
+    for s, where in enumerate(spy.asked):
+        before = ((rec_b[s - 1].tokens if s else torch.full_like(tok_b, 71)) == 71).reshape(tok_b.shape)
+        assert torch.equal(where, torch.cat([before, before]) if cfg is not None else before)
+
+
+def test_packed_head_only_where_it_applies():
+    "Default masked_only=False, or a hook without packed_logits, never passes positions (the full head runs)."
+    model, c = tiny_meissonic(0)
+    kw = dict(N=4, cfg=3.0, grid=(8, 8))
+    spy = Spy(model)
+    a = sample(spy, **c, generator=torch.Generator().manual_seed(0), **kw)
+    b = sample(FullHead(model), **c, generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(a, b) and spy.asked == [None] * 4
+    spy.asked.clear()
+    sample(spy, **c, generator=None, masked_only=True, temperature_fn=entropy_temperature, **kw)
+    assert spy.asked == [None] * 4
+
+
+def test_packed_head_wrong_shape_names_the_model():
+    model, c = tiny_meissonic(0)
+
+    class Bad(Spy):
+        def forward(self, *args, positions=None):
+            return self.model(*args, positions=positions)[1:]
+
+    err = field_of(lambda: sample(Bad(model), **c, N=3, cfg=3.0, generator=None, grid=(8, 8), masked_only=True))
+    assert err == "model"

@@ -260,3 +260,59 @@ def test_other_sizes_and_bfloat16():
         half = model.to(torch.bfloat16)(**x)
     assert half.dtype == torch.bfloat16 and torch.isfinite(half).all()
     assert (half.float() - out).abs().max() < 0.25
+
+
+# ---------------------------------------------------------------- the packed head (positions=)
+
+
+def position_maps(tokens, seed=2):
+    "Masked positions, a random map, everything, nothing, and one position: the head runs wherever it is asked."
+    g = torch.Generator().manual_seed(seed)
+    one = torch.zeros_like(tokens, dtype=torch.bool)
+    one[-1, 0, -1] = True
+    return [
+        tokens == TINY.mask_token_id,
+        torch.rand(tokens.shape, generator=g) < 0.3,
+        torch.ones_like(tokens, dtype=torch.bool),
+        torch.zeros_like(tokens, dtype=torch.bool),
+        one,
+    ]
+
+
+@pytest.mark.parametrize("B,H,W", [(3, 8, 8), (2, 6, 10)])
+def test_packed_logits_equal_the_full_logits_at_the_positions(B, H, W):
+    model, inputs = make_model().eval(), make_inputs(B=B, H=H, W=W)
+    assert model.supports_positions
+    with torch.no_grad():
+        full = model(**inputs)
+        for where in position_maps(inputs["tokens"]):
+            packed = model(**inputs, positions=where)
+            assert packed.shape == (int(where.sum()), TINY.codebook_size) and packed.dtype == full.dtype
+            assert torch.allclose(packed, full.permute(0, 2, 3, 1)[where], atol=1e-5, rtol=0)
+
+
+def test_packed_logits_carry_the_same_gradients():
+    "An RL loss on packed rows gives the gradients of the same loss on the full logits gathered there."
+    inputs = make_inputs(B=2)
+    where = inputs["tokens"] == TINY.mask_token_id
+    grads = []
+    for packed in (False, True):
+        model = make_model()
+        out = model(**inputs, positions=where) if packed else model(**inputs).permute(0, 2, 3, 1)[where]
+        out.float().log_softmax(-1)[:, 0].sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5, rtol=1e-4), n
+
+
+def test_positions_must_be_a_bool_map_like_tokens():
+    model, inputs = make_model().eval(), make_inputs(B=2)
+    for bad in (
+        (inputs["tokens"] == TINY.mask_token_id).long(),
+        torch.ones(2, 8, 7, dtype=torch.bool),
+        torch.ones(1, 8, 8, dtype=torch.bool),
+        [[True]],
+    ):
+        with pytest.raises(ValueError, match="positions must be bool"):
+            model(**inputs, positions=bad)

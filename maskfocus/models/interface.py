@@ -33,6 +33,11 @@ class MaskedImageModel(Protocol):
     temperature; the mask id and any other extra ids are never predicted). Classifier-free guidance is
     the caller's business: batch the unconditional and conditional inputs and combine the logits.
     In eval mode the call is deterministic (no dropout).
+
+    Optional: a model with the attribute `supports_positions = True` also takes a keyword `positions`, a bool
+    [B, H, W] map, and then runs its output head only at the True positions and returns packed logits
+    [n, codebook_size] for them in row-major (b, h, w) order (n = positions.sum()). The masked-only sampler
+    asks for the still-masked positions; models without the attribute are called without it.
     """
 
     codebook_size: int  # number of VQ codes = logit channels

@@ -103,7 +103,7 @@ class StepOut:
     n_masks: torch.Tensor  # int64 [B]: masks left after the step
 
 
-def _check_step_inputs(logits, tokens, temperature):
+def _check_step_inputs(logits, tokens, temperature, packed_id=None):  # packed_id: mask id when [M,V] is allowed
     if (
         not isinstance(tokens, torch.Tensor)
         or tokens.dtype.is_floating_point
@@ -117,9 +117,13 @@ def _check_step_inputs(logits, tokens, temperature):
             field="tokens",
         )
     B, HW = tokens.shape[0], math.prod(tokens.shape[1:])
-    if not isinstance(logits, torch.Tensor) or not logits.dtype.is_floating_point or logits.ndim not in (3, 4):
+    if (
+        not isinstance(logits, torch.Tensor)
+        or not logits.dtype.is_floating_point
+        or logits.ndim not in ((2, 3, 4) if packed_id is not None else (3, 4))
+    ):
         raise InputError(
-            f"logits must be a float tensor [B,V,H,W] or [B,HW,V], got "
+            f"logits must be a float tensor [B,V,H,W] or [B,HW,V] (or [M,V] with masked_only), got "
             f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}",
             field="logits",
         )
@@ -130,13 +134,15 @@ def _check_step_inputs(logits, tokens, temperature):
             and (tokens.ndim == 2 or logits.shape[2:] == tokens.shape[1:])
         )
         V = logits.shape[1]
-    else:
+    elif logits.ndim == 3:
         ok = logits.shape[0] == B and logits.shape[1] == HW
         V = logits.shape[2]
+    else:  # packed: one row per masked position, row-major
+        ok, V = logits.shape[0] == int((tokens == packed_id).sum()), logits.shape[1]
     if not ok:
         raise InputError(
             f"logits {tuple(logits.shape)} do not match tokens {tuple(tokens.shape)} "
-            "(expected [B,V,H,W] or [B,HW,V] with the same B and positions)",
+            "(expected [B,V,H,W] or [B,HW,V] with the same B and positions, or [M,V] with M masked positions)",
             field="logits",
         )
     if temperature is not None and (
@@ -165,10 +171,10 @@ def _draw_all(l, tok, unknown, temperature, generator):
     return x0, logp
 
 
-def _draw_masked(l, tok, unknown, temperature, generator):
-    "x0_hat and log p(x0_hat) [B,HW] with softmax and draw at the M masked positions only; log p = 0 at known ones."
-    B, HW, V = l.shape
-    lm = l[unknown].float()  # [M,V]: the same values as the full path's rows
+def _draw_masked(lm, tok, unknown, temperature, generator):
+    "x0_hat and log p(x0_hat) [B,HW] from the logits [M,V] of the M masked positions only; log p = 0 at known ones."
+    B, HW = tok.shape
+    lm = lm.float()  # [M,V]: the same values as the full path's rows
     if temperature is not None:
         lm = lm / temperature.reshape(B, HW)[unknown][:, None].to(lm)
     probs = lm.softmax(dim=-1)
@@ -182,7 +188,7 @@ def _draw_masked(l, tok, unknown, temperature, generator):
 
 
 def maskgit_step(
-    logits: torch.Tensor,  # [B,V,H,W] (the model's layout) or [B,HW,V]; already guided
+    logits: torch.Tensor,  # [B,V,H,W] (the model's layout), [B,HW,V], or [M,V] at the masked positions; guided
     tokens: torch.Tensor,  # [B,HW] or [B,H,W] int64: current map, `mask_id` where unknown
     step: int,  # 0-based step index s (timestep N-1-s)
     N: int,  # number of sampling steps
@@ -195,7 +201,7 @@ def maskgit_step(
     masked_only: bool = False,  # softmax and draws at masked positions only (another random stream; logp 0 at known)
 ) -> StepOut:
     "One MaskGIT unmasking step batched over samples and positions, with the random draws of `AmusedScheduler.step`."
-    B, HW, V = _check_step_inputs(logits, tokens, temperature)
+    B, HW, V = _check_step_inputs(logits, tokens, temperature, mask_id if masked_only else None)
     if not 0 <= step < N:
         raise InputError(f"step must lie in 0..N-1 = 0..{N - 1}, got {step}", field="step")
     if ties not in ("exact", "threshold"):
@@ -204,9 +210,12 @@ def maskgit_step(
         raise InputError(f"unknown masking schedule {schedule!r}; use 'cosine' or 'linear'", field="schedule")
     shape = tokens.shape
     tok = tokens.reshape(B, HW)
-    l = logits.reshape(B, V, HW).permute(0, 2, 1) if logits.ndim == 4 else logits  # [B,HW,V] view
+    l = logits.reshape(B, V, HW).permute(0, 2, 1) if logits.ndim == 4 else logits  # [B,HW,V] view (or [M,V])
     unknown = tok == mask_id
-    x0, logp = (_draw_masked if masked_only else _draw_all)(l, tok, unknown, temperature, generator)
+    if masked_only:
+        x0, logp = _draw_masked(l if l.ndim == 2 else l[unknown], tok, unknown, temperature, generator)
+    else:
+        x0, logp = _draw_all(l, tok, unknown, temperature, generator)
     gdev = generator.device if generator is not None else l.device
     if step == N - 1:  # last step: commit everything, draw no noise
         conf = torch.where(unknown, logp, torch.inf)
@@ -294,19 +303,28 @@ def _cfg_batch(cfg, text_hidden, pooled, neg_text_hidden, neg_pooled, micro_cond
     return text_hidden, pooled, torch.cat([micro_conds, micro_conds])
 
 
-def _guided_logits(model, inp, text_hidden, pooled, t, micro_conds, cfg, V) -> torch.Tensor:
-    "One model call for the map `inp` [B,H,W] (both halves of the guidance batch when `cfg`), guided logits [B,V,H,W]."
+def _guided_logits(model, inp, text_hidden, pooled, t, micro_conds, cfg, V, where=None) -> torch.Tensor:
+    "One model call for `inp` [B,H,W] (both guidance halves when `cfg`): logits [B,V,H,W], or [M,V] at `where`'s M."
     rows, (B, H, W) = text_hidden.shape[0], inp.shape
-    logits = model(torch.cat([inp, inp]) if cfg is not None else inp, text_hidden, pooled, t.expand(rows), micro_conds)
-    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (rows, V, H, W):
+    two = (lambda x: torch.cat([x, x])) if cfg is not None else (lambda x: x)
+    kw = {} if where is None else {"positions": two(where)}  # the same positions in both halves
+    logits = model(two(inp), text_hidden, pooled, t.expand(rows), micro_conds, **kw)
+    want = (rows, V, H, W) if where is None else (rows // B * int(where.sum()), V)
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != want:
         raise InputError(
-            f"model returned {_shape_of(logits)}, expected logits [{rows},{V},{H},{W}]",
+            f"model returned {_shape_of(logits)}, expected logits [{','.join(map(str, want))}]",
             field="model",
         )
     if cfg is not None:
         l_u, l_c = logits.chunk(2)
         logits = l_u + cfg * (l_c - l_u)
     return logits
+
+
+def _packs(model, temperature_fn) -> bool:
+    "Whether the model's head can run at the masked positions only: it takes `positions=`, the hook takes [M,V]."
+    hook_ok = temperature_fn is None or getattr(temperature_fn, "packed_logits", False)
+    return bool(getattr(model, "supports_positions", False) and hook_ok)
 
 
 def _per_position(logits: torch.Tensor) -> torch.Tensor:
@@ -317,7 +335,7 @@ def _per_position(logits: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sample(
-    model: Callable,  # model(tokens, text_hidden, pooled, timestep, micro_conds) -> logits [B,V,H,W]
+    model: Callable,  # model(tokens, text_hidden, pooled, timestep, micro_conds) -> logits [B,V,H,W] (see below)
     text_hidden: torch.Tensor,  # [B,L,D] text encoder states of the prompts
     pooled: torch.Tensor,  # [B,P] pooled text vectors of the prompts
     neg_text_hidden: torch.Tensor | None,  # [B,L,D] or [1,L,D]: the negative/empty prompt (needed when guiding)
@@ -330,7 +348,7 @@ def sample(
     tau: float | tuple[float, float] = (2.0, 0.0),  # Gumbel temperatures, see `gumbel_temperatures`
     schedule: Schedule = "cosine",  # mask schedule, "cosine" or "linear"
     ties: Literal["exact", "threshold"] = "exact",  # see `maskgit_step`
-    temperature_fn: Callable | None = None,  # (logits [B,HW,V], tokens [B,HW], step) -> temperature [B,HW] or None
+    temperature_fn: Callable | None = None,  # (logits [B,HW,V] or packed, tokens [B,HW], step) -> [B,HW] or None
     on_step: Callable | None = None,  # called as on_step(step, StepOut) after every step
     return_x0: bool = False,  # also return every step's x0_hat, [N,B,H,W]
     masked_only: bool = False,  # sampling step at masked positions only (see `maskgit_step`; another random stream)
@@ -349,10 +367,11 @@ def sample(
     tokens = torch.full((B, H * W), mask_id, dtype=torch.long, device=device)
     x0_dtype = torch.int16 if V < 32768 else torch.int32
     x0s = torch.empty((N, B, H, W), dtype=x0_dtype, device=device) if return_x0 else None
-    guide = cfg if guided else None
+    guide, packed = cfg if guided else None, masked_only and _packs(model, temperature_fn)
     for s in range(N):
-        logits = _guided_logits(model, tokens.view(B, H, W), text_hidden, pooled, ts[s], micro_conds, guide, V)
-        T = None if temperature_fn is None else temperature_fn(_per_position(logits), tokens, s)
+        where = (tokens == mask_id).view(B, H, W) if packed else None  # the head runs at the masked positions only
+        logits = _guided_logits(model, tokens.view(B, H, W), text_hidden, pooled, ts[s], micro_conds, guide, V, where)
+        T = None if temperature_fn is None else temperature_fn(logits if packed else _per_position(logits), tokens, s)
         out = maskgit_step(
             logits, tokens, s, N, mask_id, generator, taus[s], T, schedule, ties, masked_only=masked_only
         )

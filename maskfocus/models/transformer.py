@@ -200,9 +200,16 @@ class ConvMlmHead(nn.Module):
         self.layer_norm = RMSNorm(dim, eps=NORM_EPS)
         self.conv2 = nn.Conv2d(dim, codebook_size, kernel_size=1, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, D, H, W]
-        x = self.layer_norm(self.conv1(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return self.conv2(x)
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, D, H, W]
+        positions: torch.Tensor | None = None,  # bool [B, H, W]: logits only there, packed [n, codebook_size]
+    ) -> torch.Tensor:
+        if positions is None:
+            x = self.layer_norm(self.conv1(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            return self.conv2(x)
+        rows = x.permute(0, 2, 3, 1)[positions]  # [n, D] in row-major (b, h, w) order; the 1x1 convs as matmuls
+        return F.linear(self.layer_norm(F.linear(rows, self.conv1.weight.flatten(1))), self.conv2.weight.flatten(1))
 
 
 class DownBlock(nn.Module):
@@ -252,6 +259,7 @@ class MeissonicTransformer(nn.Module):
     "Meissonic's masked-token transformer (any size from `MeissonicConfig`); implements `MaskedImageModel`."
 
     micro_cond_dim = MICRO_CONDS
+    supports_positions = True  # forward takes `positions=` (the head only where asked; see MaskedImageModel)
 
     def __init__(
         self,
@@ -317,9 +325,17 @@ class MeissonicTransformer(nn.Module):
         pooled: torch.Tensor,  # [B, pooled_projection_dim] pooled text vector
         timestep: torch.Tensor | int | float,  # step index, shape [], [1] or [B]; multiplied by 1000 inside
         micro_conds: torch.Tensor,  # [B, 5]: width, height, crop top, crop left, aesthetic score
+        positions: torch.Tensor | None = None,  # bool [B, H, W]: run the head only there (packed logits)
     ) -> torch.Tensor:
-        "Logits [B, codebook_size, H, W] in the model's dtype."
+        "Logits [B, codebook_size, H, W] in the model's dtype; with `positions`, [n, codebook_size] at its n Trues."
         self._check(tokens, text_hidden, pooled, micro_conds)
+        if positions is not None and (
+            not isinstance(positions, torch.Tensor) or positions.dtype != torch.bool or positions.shape != tokens.shape
+        ):
+            raise ValueError(
+                f"positions must be bool {tuple(tokens.shape)}, got {tuple(getattr(positions, 'shape', ()))} "
+                f"{getattr(positions, 'dtype', type(positions).__name__)}"
+            )
         B, dtype = tokens.shape[0], self.dtype
         text_hidden = text_hidden.to(dtype)
         # pooled conditioning (steps 1-2): [pooled, 5 x 256 sinusoids] -> cond_embed
@@ -349,4 +365,4 @@ class MeissonicTransformer(nn.Module):
         # back to a grid and the head (steps 11-13)
         x = self.project_from_hidden(self.project_from_hidden_norm(s[:, L:]))
         x = self.up_block(x.reshape(B, h, w, D).permute(0, 3, 1, 2))
-        return self.mlm_layer(x)
+        return self.mlm_layer(x, positions)
