@@ -66,6 +66,48 @@ def test_batched_masked_only_equals_per_group_masked_only(pipe):
     assert all(int(t.commit_step.max()) == 5 and t.tokens.max() < pipe.transformer.codebook_size for t in bat)
 
 
+class FullHead(torch.nn.Module):
+    "The same transformer without `supports_positions`: the sampler runs its head at every position."
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.codebook_size, self.mask_token_id = model, model.codebook_size, model.mask_token_id
+        self.micro_cond_dim = model.micro_cond_dim
+
+    def forward(self, *a, **kw):
+        return self.model(*a, **kw)
+
+
+def test_masked_sampling_with_the_packed_head_equals_the_full_head(pipe):
+    "With masked_only, rollouts (per group and batched, DR on) run the head at masked positions only: same draws."
+    from maskfocus.models.pipeline import MaskedPipeline
+
+    assert pipe.transformer.supports_positions
+    full = MaskedPipeline(FullHead(pipe.transformer), pipe.text_encoder, pipe.tokenizer, pipe.sampling)
+    sizes = [8, 5, 2, 8]
+    packed = []
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda m, a, kw: packed.append(kw.get("positions") is not None), with_kwargs=True
+    )
+    for fn in ("rollout", "batched"):
+        got = []
+        for p in (pipe, full):
+            gens = trainer_generators(sizes)
+            if fn == "rollout":
+                got.append([rollout(p, [q], n, N=6, cfg=3.0, generator=g, masked_only=True) for q, n, g in
+                            zip(PROMPTS, sizes, gens)])  # fmt: skip
+            else:
+                got.append(rollout_groups(p, PROMPTS, sizes, gens, N=6, cfg=3.0, masked_only=True))
+        for a, b in zip(*got):
+            for f in ("tokens", "x0", "commit_step", "explore"):
+                assert torch.equal(getattr(a, f), getattr(b, f)), (fn, f)
+            assert torch.allclose(a.entropy, b.entropy, atol=1e-5) and torch.allclose(
+                a.min_kept_conf, b.min_kept_conf, atol=1e-5
+            )
+    hook.remove()
+    assert sum(packed) == len(packed) // 2 > 0  # the pipeline's calls took positions, the wrapper's did not
+
+
 def old_maskgit_step(logits, tokens, step, N, mask_id, generator, gumbel_temp, temperature):
     "The sampling step as it was before `masked_only` (cosine schedule, exact ties), copied from the old code."
     B, V = tokens.shape[0], logits.shape[1]

@@ -74,12 +74,16 @@ def record_groups(
     ts, taus = timesteps(N, device=dev), gumbel_temperatures(N, tau, device=dev)
     recs = [TrajectoryRecorder(hi - lo, N, grid, V, mask_id, hi - lo, dr, dev, masked_only) for lo, hi in spans]
     tokens = torch.full((B, H * W), mask_id, dtype=torch.long, device=dev)
+    packed = masked_only and getattr(model, "supports_positions", False)  # the head at masked positions only
     for s in range(N):
-        logits = _guided_logits(model, tokens.view(B, H, W), th, pp, ts[s], mc, guide, V)
+        where = (tokens == mask_id).view(B, H, W) if packed else None
+        logits = _guided_logits(model, tokens.view(B, H, W), th, pp, ts[s], mc, guide, V, where)
+        ends = (tokens == mask_id).sum(-1).cumsum(0).tolist() if packed else None  # packed rows per sample
         outs = []
         for (lo, hi), rec, gen in zip(spans, recs, generators):
-            lg, tg = logits[lo:hi], tokens[lo:hi]
-            T = rec.temperature_fn(_per_position(lg), tg, s)
+            lg = logits[(ends[lo - 1] if lo else 0) : ends[hi - 1]] if packed else logits[lo:hi]
+            tg = tokens[lo:hi]
+            T = rec.temperature_fn(lg if packed else _per_position(lg), tg, s)
             out = maskgit_step(lg, tg, s, N, mask_id, gen, taus[s], T, schedule, ties, masked_only=masked_only)
             rec.on_step(s, out)
             outs.append(out.tokens.reshape(hi - lo, H * W))

@@ -258,13 +258,16 @@ class TrajectoryRecorder:
 
     def temperature_fn(
         self,
-        logits: torch.Tensor,  # [B, HW, V] guided logits of step s
+        logits: torch.Tensor,  # [B, HW, V] guided logits of step s, or packed [M, V] at the M masked positions
         tokens: torch.Tensor,  # [B, HW] map before step s
         step: int,  # s
     ) -> torch.Tensor | None:  # [B, HW] temperatures, or None when nobody explores
         "Record H_b and the branch of step s; return the per-token temperature (1 on the standard branch)."
         masked = tokens.reshape(self.B, -1) == self.mask_id
-        if self.masked_only:  # known positions get H = 0: they add nothing to H_b, their temperature is never used
+        if logits.ndim == 2:  # packed rows of the masked positions (the sampler's masked-only head)
+            Htok = torch.zeros(masked.shape, dtype=torch.float32, device=logits.device)
+            Htok[masked] = token_entropy(logits)
+        elif self.masked_only:  # known positions get H = 0: they add nothing to H_b, their temperature is never used
             Htok = torch.zeros(masked.shape, dtype=torch.float32, device=logits.device)
             Htok[masked] = token_entropy(logits[masked])
         else:
@@ -275,6 +278,8 @@ class TrajectoryRecorder:
         if not bool(ex.any()):
             return None
         return torch.where(ex[:, None], explore_temperature(Htok, self.dr), torch.ones_like(Htok))
+
+    temperature_fn.packed_logits = True  # the sampler may hand it packed [M, V] logits (`maskgit_step`'s masked_only)
 
     def on_step(
         self,
