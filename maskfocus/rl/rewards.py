@@ -325,10 +325,6 @@ def check_reward_config(
         raise InputError(f"reward_monitor must be 'judge' or 'none', got {monitor!r}", field="reward_monitor")
     if not isinstance(models, dict):
         raise InputError(f"reward_models must be a mapping {{name: path}}, got {models!r}", field="reward_models")
-    for k in reward:
-        if k in CHECKPOINT_REWARDS and k not in servers and k not in models:
-            msg = f"the {k!r} reward loads a local checkpoint: set reward_models[{k!r}] to its path"
-            raise InputError(msg, field=f"reward_models.{k}")
     for k, v in models.items():
         if k not in CHECKPOINT_REWARDS:
             known = ", ".join(CHECKPOINT_REWARDS)
@@ -337,3 +333,8 @@ def check_reward_config(
             raise InputError(
                 f"expected a checkpoint path or a mapping with 'path', got {v!r}", field=f"reward_models.{k}"
             )
+    for k in reward:
+        if k in CHECKPOINT_REWARDS and k not in servers and k not in models:
+            msg = f"the {k!r} reward loads a local checkpoint: set reward_models[{k!r}] to its path"
+            raise InputError(msg, field=f"reward_models.{k}")
+
