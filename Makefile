@@ -1,4 +1,4 @@
-# make test   - set up .venv if needed, then lint and run every test (what CI runs)
+# make test   - set up .venv if needed, then lint, run every test and the paper pipeline's smoke twin (what CI runs)
 # make lint   - ruff check (lines <= 120, syntax) and ruff format --check (see README, "Development: the house rules")
 # make repro  - set up .venv if needed, then reproduce the toy pipeline (dvc repro; RL runs two at a time)
 # make demo   - set up .venv if needed, then train a small base and a short MaskFocus run in demo/ (minutes)
@@ -25,6 +25,9 @@ test: $(STAMP) lint
 	# two notebooks run at once on two cores: one torch thread each avoids oversubscription
 	OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" nbdev-test --n-workers 2
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest tests/ -q
+	# the paper pipeline's CPU smoke twin, every stage from scratch: tiny random models in the real layouts
+	rm -rf paper/smoke/dvc.lock paper/smoke/models paper/smoke/work paper/smoke/results
+	OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro paper/smoke/dvc.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check maskfocus tests scripts benchmarks nbs

@@ -382,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     from maskfocus.rl.plan import add_plan_parser  # plan: a configuration's per-GPU memory and FLOPs (rl.plan)
 
     add_plan_parser(sub)
+    from maskfocus.scoring.paper_models import add_paper_models_parser  # paper-models: check the paper's checkpoints
+
+    add_paper_models_parser(sub)
     return p
 
 
