@@ -337,4 +337,3 @@ def check_reward_config(
         if k in CHECKPOINT_REWARDS and k not in servers and k not in models:
             msg = f"the {k!r} reward loads a local checkpoint: set reward_models[{k!r}] to its path"
             raise InputError(msg, field=f"reward_models.{k}")
-
