@@ -223,8 +223,9 @@ def test_vq_round_trip(vq, tmp_path):
     (tmp_path / "transformer").mkdir()
     (tmp_path / "transformer" / "config.json").write_text("{}")
     assert vq.save(tmp_path) == tmp_path
-    assert sorted(p.name for p in (tmp_path / "vqvae").iterdir()) == ["config.json", WEIGHTS]
+    assert sorted(p.name for p in (tmp_path / "vqvae").iterdir()) == ["config.json", WEIGHTS, "image_size.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["transformer", "vqvae"], "no temporary folder left"
+    assert VQTokenizer.load(tmp_path).image_size == vq.image_size, "the saved image side, not Meissonic's 1024"
     assert json.loads((tmp_path / "vqvae" / "config.json").read_text())["_class_name"] == "VQModel"
     loaded = VQTokenizer.load(tmp_path, image_size=32)
     want, got = vq.model.state_dict(), loaded.model.state_dict()

@@ -12,8 +12,8 @@ import torch
 from ..core import InputError
 
 # %% auto #0
-__all__ = ['VQVAE_DIR', 'VQ_CONFIG_NAME', 'VQ_WEIGHTS_NAME', 'TOKENIZERS', 'Tokenizer', 'to_tensor', 'to_uint8',
-           'meissonic_vqvae_config', 'tiny_vqvae_config', 'VQTokenizer', 'load_tokenizer']
+__all__ = ['VQVAE_DIR', 'VQ_CONFIG_NAME', 'VQ_WEIGHTS_NAME', 'IMAGE_SIZE_NAME', 'TOKENIZERS', 'Tokenizer', 'to_tensor',
+           'to_uint8', 'meissonic_vqvae_config', 'tiny_vqvae_config', 'VQTokenizer', 'load_tokenizer']
 
 # %% ../../nbs/models/06_tokenizer.ipynb #1fe5e6fb
 @runtime_checkable
@@ -54,6 +54,7 @@ from ..core import atomic_dir, safetensors_dtype, safetensors_file
 
 # %% ../../nbs/models/06_tokenizer.ipynb #1b2b8db5
 VQVAE_DIR, VQ_CONFIG_NAME, VQ_WEIGHTS_NAME = "vqvae", "config.json", "diffusion_pytorch_model.safetensors"
+IMAGE_SIZE_NAME = "image_size.json"  # vqvae/ sidecar: the image side the tokenizer was saved for
 
 
 def meissonic_vqvae_config() -> dict:
@@ -226,7 +227,7 @@ class VQTokenizer:
     def load(
         cls,
         folder: str | os.PathLike,  # checkpoint root holding vqvae/ (or the vqvae/ folder itself)
-        image_size: int = 1024,  # nominal image side in pixels
+        image_size: int | None = None,  # nominal image side in pixels (None: the saved one, else Meissonic's 1024)
         device: str | torch.device = "cpu",  # where the weights go
         dtype: torch.dtype | None = None,  # cast the weights (default: as stored; float16 -> float32 if force_upcast)
         variant: str | None = None,  # e.g. "fp16" for diffusion_pytorch_model.fp16.safetensors
@@ -255,6 +256,9 @@ class VQTokenizer:
             )
         except Exception as e:
             raise InputError(f"cannot load the VQ model: {e}", file=wfile) from None
+        if image_size is None:
+            side = vdir / IMAGE_SIZE_NAME
+            image_size = json.loads(side.read_text())["image_size"] if side.is_file() else 1024
         return cls(model.to(device), image_size=image_size)
 
     def save(self, folder: str | os.PathLike) -> Path:  # checkpoint root; only its vqvae/ subfolder is (re)written
@@ -262,6 +266,7 @@ class VQTokenizer:
         folder = Path(folder)
         with atomic_dir(folder / VQVAE_DIR) as tmp:
             self.model.save_pretrained(tmp, safe_serialization=True)
+            (tmp / IMAGE_SIZE_NAME).write_text(json.dumps({"image_size": self.image_size}) + "\n")
         return folder
 
 # %% ../../nbs/models/06_tokenizer.ipynb #793a1d6a
