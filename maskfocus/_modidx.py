@@ -571,6 +571,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'maskfocus.rl.pieces.merge_reward_metrics': ( 'rl/pieces.html#merge_reward_metrics',
                                                                                    'maskfocus/rl/pieces.py'),
                                      'maskfocus.rl.pieces.prompt_weights': ('rl/pieces.html#prompt_weights', 'maskfocus/rl/pieces.py'),
+                                     'maskfocus.rl.pieces.read_prompt_file': ('rl/pieces.html#read_prompt_file', 'maskfocus/rl/pieces.py'),
                                      'maskfocus.rl.pieces.read_prompts': ('rl/pieces.html#read_prompts', 'maskfocus/rl/pieces.py'),
                                      'maskfocus.rl.pieces.step_hist': ('rl/pieces.html#step_hist', 'maskfocus/rl/pieces.py'),
                                      'maskfocus.rl.pieces.tag_counts': ('rl/pieces.html#tag_counts', 'maskfocus/rl/pieces.py'),

@@ -228,3 +228,19 @@ def test_training_with_local_reward_models(base, metas, tmp_path):
     with pytest.raises(InputError) as e:  # a checkpoint reward without its path: refused with the config, key named
         make_config("maskfocus", {**over, "reward": {"hps": 1.0}, "reward_monitor": "none"})
     assert e.value.field == "reward_models.hps" and "reward_models['hps']" in e.value.msg
+
+
+def test_reward_only_run_reads_plain_prompts(base, tmp_path):
+    "A preference-reward run (Table 2's HPS) trains on plain prompts: a .txt file of one prompt per line."
+    from maskfocus.rl import trainer
+    from maskfocus.rl.config import make_config
+    from maskfocus.scoring.hps import write_tiny_hps
+
+    (tmp_path / "p.txt").write_text("a watercolor of a lighthouse\nan astronaut riding a horse\n")
+    over = {"prompts_per_iter": 2, "group_size": 2, "steps": 4, "K": 2, "iterations": 1, "log_images_every": 0}
+    hps_file = str(write_tiny_hps(tmp_path / "hps" / "HPS_v2.1_compressed.pt"))
+    cfg = make_config(
+        "maskfocus", {**over, "reward": {"hps": 1.0}, "reward_models": {"hps": hps_file}, "reward_monitor": "none"}
+    )
+    s = trainer.train(cfg, base, tmp_path / "run", prompts=str(tmp_path / "p.txt"), progress=False)
+    assert np.isfinite(s["history"][-1]["reward/hps/mean"])

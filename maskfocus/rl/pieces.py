@@ -4,7 +4,7 @@
 
 # %% ../../nbs/rl/09_pieces.ipynb #c9806b7c
 from __future__ import annotations
-import math, re
+import json, math, re
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -15,8 +15,8 @@ from ..core import InputError, repo_root
 from .logprob import StepBatch
 
 # %% auto #0
-__all__ = ['PURPOSES', 'unit_generator', 'read_prompts', 'draw_prompts', 'prompt_weights', 'cat_batches', 'step_hist',
-           'merge_reward_metrics', 'tag_counts', 'gather_named', 'image_grid']
+__all__ = ['PURPOSES', 'unit_generator', 'read_prompt_file', 'read_prompts', 'draw_prompts', 'prompt_weights', 'cat_batches',
+           'step_hist', 'merge_reward_metrics', 'tag_counts', 'gather_named', 'image_grid']
 
 # %% ../../nbs/rl/09_pieces.ipynb #1b9d0485
 PURPOSES = {"rollout": 0, "select": 1, "plan": 2}
@@ -37,21 +37,56 @@ def unit_generator(
     s = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
     return torch.Generator(device=device).manual_seed(s)
 
+# %% ../../nbs/rl/09_pieces.ipynb #7fb27b941602401d91542211134fc71a
+def read_prompt_file(
+    path: str
+    | Path,  # GenEval metadata jsonl, a jsonl of {"prompt": ...} records, or a .txt file of one prompt per line
+) -> list[dict]:
+    "Training records from a file: GenEval metadata (validated), or plain prompts as {'prompt': text} (reward-only runs)."
+    from maskfocus import geneval
+
+    path = Path(path)
+    if path.suffix == ".txt":
+        lines = [s.strip() for s in path.read_text(encoding="utf-8").splitlines()]
+        return [{"prompt": s} for s in lines if s]
+    try:
+        first = next((s for s in path.read_text(encoding="utf-8").splitlines() if s.strip()), "")
+    except OSError as e:
+        raise InputError(f"cannot read the prompts ({e.__class__.__name__})", file=path) from None
+    try:
+        plain = set(json.loads(first)) == {"prompt"} if first else False
+    except (ValueError, TypeError):
+        plain = False  # read_metadata names the broken line
+    if not plain:
+        return geneval.read_metadata(path)
+    out = []
+    for i, s in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if s.strip():
+            try:
+                r = json.loads(s)
+            except ValueError as e:
+                raise InputError(f"not valid JSON: {e}", file=path, line=i) from None
+            if not isinstance(r, dict) or set(r) != {"prompt"} or not isinstance(r["prompt"], str):
+                raise InputError('expected {"prompt": text}, as on the first line', file=path, line=i)
+            out.append(r)
+    return out
+
 # %% ../../nbs/rl/09_pieces.ipynb #5598315e
 def read_prompts(
     train_prompts: str | Path,  # RLConfig.train_prompts (relative paths also from the repository root)
-    prompts: str | Path | Sequence[dict] | None = None,  # metadata records or a jsonl file (None: train_prompts)
+    prompts: str
+    | Path
+    | Sequence[dict]
+    | None = None,  # records or a file, see `read_prompt_file` (None: train_prompts)
 ) -> list[dict]:
-    "The training metadata records, checked: each a dict with a 'prompt' string."
-    from maskfocus import geneval
-
+    "The training records, checked: each a dict with a 'prompt' string (GenEval metadata or a plain prompt)."
     if prompts is None:
         p = Path(train_prompts)
         if not p.is_absolute() and not p.exists() and (root := repo_root()) is not None:
             p = root / p
-        prompts = geneval.read_metadata(p)
+        prompts = read_prompt_file(p)
     elif isinstance(prompts, (str, Path)):
-        prompts = geneval.read_metadata(prompts)
+        prompts = read_prompt_file(prompts)
     prompts = list(prompts)
     if not prompts:
         raise InputError("no training prompts", field="prompts")
