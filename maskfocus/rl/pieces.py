@@ -39,10 +39,9 @@ def unit_generator(
 
 # %% ../../nbs/rl/09_pieces.ipynb #7fb27b941602401d91542211134fc71a
 def read_prompt_file(
-    path: str
-    | Path,  # GenEval metadata jsonl, a jsonl of {"prompt": ...} records, or a .txt file of one prompt per line
+    path: str | Path,  # GenEval metadata jsonl, JSON Lines of {"prompt": ...}, or a .txt file of one prompt per line
 ) -> list[dict]:
-    "Training records from a file: GenEval metadata (validated), or plain prompts as {'prompt': text} (reward-only runs)."
+    "Training records from a file: GenEval metadata (validated) or plain prompts {'prompt': text} (reward-only runs)."
     from maskfocus import geneval
 
     path = Path(path)
