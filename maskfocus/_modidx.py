@@ -741,6 +741,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                        'maskfocus.rl.sharding.gather_state': ('rl/sharding.html#gather_state', 'maskfocus/rl/sharding.py'),
                                        'maskfocus.rl.sharding.grad_norm': ('rl/sharding.html#grad_norm', 'maskfocus/rl/sharding.py'),
                                        'maskfocus.rl.sharding.load_sharded': ('rl/sharding.html#load_sharded', 'maskfocus/rl/sharding.py'),
+                                       'maskfocus.rl.sharding.reshard_all': ('rl/sharding.html#reshard_all', 'maskfocus/rl/sharding.py'),
                                        'maskfocus.rl.sharding.shard_transformer': ( 'rl/sharding.html#shard_transformer',
                                                                                     'maskfocus/rl/sharding.py'),
                                        'maskfocus.rl.sharding.unsharded_copy': ( 'rl/sharding.html#unsharded_copy',

@@ -13,6 +13,11 @@ with 2 DDP processes and across world sizes.
   loads back (a checkpoint written by 2 processes resumes with 1).
 - The RL trainer with 2 DDP processes (gloo): 4 iterations == 2 iterations + resume + 2, bit for bit; the
   2-process checkpoint resumed by 1 process ends where the 2-process run ends (within 1e-5).
+- The trainer's own FSDP2 with 2 processes: `engine.sharding: fsdp` (full shard) equals 1 unsharded process (1e-6
+  gradients, 1e-5 weights), resumes exactly, and its checkpoint resumes with 1 process; `zero2` (FSDP2 with
+  reshard_after_forward=False, ZeRO stage 2), run as 2 iterations + resume + 2, ends bit for bit where the
+  uninterrupted fsdp run ends (the same arithmetic: only when the gathered parameters are freed differs), and so
+  within 1e-5 of 1 process.
 
 The 2-process FSDP worker is this file run as a script under torchrun (`python -m torch.distributed.run
 --nproc_per_node 2 tests/test_sharded.py fsdp <base> <out>`)."""
@@ -245,10 +250,30 @@ def test_fsdp_two_cpu_processes(base, tmp_path):
 # --- DDP: exact resume with 2 processes, and across world sizes ----------------------------------------------------
 
 
-def launch2(base, out, params, *extra) -> dict:
-    "The RL trainer under `accelerate launch`, 2 CPU processes (gloo); its summary line."
-    cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(LAUNCH)]
+def launch2(base, out, params, *extra, torchrun: bool = False) -> dict:
+    "The RL trainer under `accelerate launch` (or torchrun: 5 s less to start), 2 CPU processes (gloo); its summary."
+    if torchrun:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+        ]
+        cmd += [str(LAUNCH)]
+    else:
+        cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+        cmd += [
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            str(LAUNCH),
+        ]
     cmd += ["--base", str(base), "--out", str(out), "--params", str(params), "--section", "t", "--no-progress", "--cpu"]
     r = subprocess.run([*cmd, *extra], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -297,7 +322,7 @@ def test_ddp_exact_resume_and_across_world_sizes(base, metas, tmp_path):
     assert wa.keys() == wc.keys() and diff <= 1e-5
 
 
-# --- the trainer's own FSDP2 (engine.sharding fsdp), 2 processes -----------------------------------------------------
+# --- the trainer's own FSDP2 (engine.sharding fsdp and zero2), 2 processes ------------------------------------------
 
 FSDP = {**TINY, "iterations": 4, "checkpoint_every": 2, "eval_every": 4, "eval_prompts": 2, "eval_per_prompt": 1}
 
@@ -327,19 +352,26 @@ def fsdp_run(base, tmp_path_factory) -> dict:
     return {**s, "out": out, "tmp": tmp}
 
 
-def test_fsdp_trainer_matches_one_process(fsdp_run, base, metas, tmp_path):
-    """engine.sharding fsdp with 2 processes == sharding none with 1 process on the same global batch: the first
-    update's gradients within 1e-6, the trained weights after 4 iterations (rollouts, evaluation at iteration 4,
-    checkpoints, final save) within 1e-5."""
+@pytest.fixture(scope="module")
+def one_run(base, metas, tmp_path_factory) -> Path:
+    "The same run unsharded in this process (world size 1): folder `one`, the first update's gradients in g1.st."
     from _launch_train import run
     from maskfocus.rl.config import make_config
 
-    s, a = fsdp_run, fsdp_run["out"]
-    assert s["world_size"] == 2 and s["iterations"] == 4 and "train: 2 process(es), FSDP2 shards" in s["stdout"]
-    one = run(make_config("maskfocus", FSDP), base, tmp_path / "one", metas, debug_grads_path=tmp_path / "g1.st")
+    tmp = tmp_path_factory.mktemp("one")
+    one = run(make_config("maskfocus", FSDP), base, tmp / "one", metas, debug_grads_path=tmp / "g1.st")
     assert one["world_size"] == 1 and one["end"] == 4 and "eval/accuracy" in one["history"][-1]
-    g = max_diff(fsdp_run["tmp"] / "grads2.safetensors", tmp_path / "g1.st")
-    w = max_diff(a / WEIGHTS, tmp_path / "one" / WEIGHTS)
+    return tmp
+
+
+def test_fsdp_trainer_matches_one_process(fsdp_run, one_run, base):
+    """engine.sharding fsdp with 2 processes == sharding none with 1 process on the same global batch: the first
+    update's gradients within 1e-6, the trained weights after 4 iterations (rollouts, evaluation at iteration 4,
+    checkpoints, final save) within 1e-5."""
+    s, a = fsdp_run, fsdp_run["out"]
+    assert s["world_size"] == 2 and s["iterations"] == 4 and "train: 2 process(es), FSDP2 shards (fsdp)" in s["stdout"]
+    g = max_diff(fsdp_run["tmp"] / "grads2.safetensors", one_run / "g1.st")
+    w = max_diff(a / WEIGHTS, one_run / "one" / WEIGHTS)
     print(f"FSDP2 trainer, 2 processes vs 1 unsharded: max |g2 - g1| = {g:.2e} (first update), max |w2 - w1| = {w:.2e}")
     assert g <= 1e-6 and w <= 1e-5
     from safetensors.torch import load_file
@@ -374,6 +406,38 @@ def test_fsdp_exact_resume_and_one_process(fsdp_run, base, metas, tmp_path):
     diff = max_diff(a / WEIGHTS, c / WEIGHTS)
     print(f"resume of a 2-process FSDP2 checkpoint with 1 unsharded process: max |w2 - w1| = {diff:.2e}")
     assert diff <= 1e-5
+
+
+def test_zero2_matches_fsdp_and_resumes_exactly(fsdp_run, one_run, base, tmp_path):
+    """engine.sharding zero2 (FSDP2, reshard_after_forward=False), 2 processes under torchrun, 2 iterations + resume
+    + 2: its step-2 checkpoint, first-update gradients, final weights and step-4 checkpoint (weights, AdamW state)
+    equal the uninterrupted fsdp run's bit for bit, so a zero2 checkpoint resumes exactly (and, being the fsdp
+    layout, with 1 process); against 1 unsharded process: gradients within 1e-6, final weights within 1e-5."""
+    from maskfocus.runs import list_checkpoints
+
+    a, b = fsdp_run["out"], tmp_path / "zero2"
+    p = fsdp_params(tmp_path, "zero2")
+    first = launch2(base, b, p, "--max-iterations", "2", "--debug-grads", str(tmp_path / "g.st"), torchrun=True)
+    assert first["iterations"] == 2 and first["final"] is None
+    assert "train: 2 process(es), FSDP2 shards (zero2)" in first["stdout"]
+    assert same_tensors(tmp_path / "g.st", fsdp_run["tmp"] / "grads2.safetensors"), "first-update gradients"
+    ck2 = [c for c in list_checkpoints(b / "run") if c.name == "step_0000002"]
+    for f in ("weights.safetensors", "optimizer.safetensors"):
+        assert same_tensors(ck2[0] / f, a / "run" / "checkpoints" / "step_0000002" / f), f
+    s = launch2(base, b, p, torchrun=True)
+    assert s["iterations"] == 4 and "iterations 2 -> 4 of 4" in s["stdout"]
+    assert same_tensors(a / WEIGHTS, b / WEIGHTS), "zero2 resumed == fsdp uninterrupted, bit for bit"
+    ca, cb = list_checkpoints(a / "run")[-1], list_checkpoints(b / "run")[-1]
+    assert ca.name == cb.name == "step_0000004"
+    for f in ("weights.safetensors", "optimizer.safetensors"):
+        assert same_tensors(ca / f, cb / f), f
+    sa, sb = (json.loads((d / "train_summary.json").read_text()) for d in (a, b))
+    assert sb["config"]["engine"].pop("sharding") == "zero2" and sa["config"]["engine"].pop("sharding") == "fsdp"
+    assert sa == sb, "the summaries differ only in the sharding knob"
+    g = max_diff(tmp_path / "g.st", one_run / "g1.st")
+    w = max_diff(b / WEIGHTS, one_run / "one" / WEIGHTS)
+    print(f"zero2 trainer, 2 processes vs 1 unsharded: max |g2 - g1| = {g:.2e} (first update), max |w2 - w1| = {w:.2e}")
+    assert g <= 1e-6 and w <= 1e-5
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["fsdp"]:

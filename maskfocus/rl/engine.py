@@ -20,7 +20,7 @@ __all__ = ['SCHEDULING', 'EngineConfig', 'low_dtype', 'accelerate_precision', 'a
 _PRECISIONS = ("fp32", "bf16", "fp16")
 _OPTIMIZERS = ("adamw", "adamw_8bit")
 _ROLLOUT_BATCH = ("auto", "group", "all")
-_SHARDING = ("none", "fsdp")
+_SHARDING = ("none", "fsdp", "zero2")
 SCHEDULING = (
     "micro_batch",
     "grad_checkpointing",
@@ -110,8 +110,10 @@ class EngineConfig:
         default="none",
         metadata=_help(
             "none: every process holds the whole policy (DDP); fsdp: the trainer shards it over the processes with "
-            "FSDP2 (each block, then the root; rollouts one call for all groups); launch with the DDP config or "
-            "torchrun. Not yet with LoRA, EMA, compile or fp16"
+            "FSDP2 (each block, then the root; rollouts one call for all groups); zero2: ZeRO stage 2 (as MaskFocus "
+            "trains with DeepSpeed ZeRO-2) through FSDP2 with reshard_after_forward=False: gradients and AdamW "
+            "states sharded, the weights gathered once per forward and kept through the backward; the same "
+            "checkpoints as fsdp. Launch with the DDP config or torchrun. Not yet with LoRA, EMA, compile or fp16"
         ),
     )
 
@@ -276,8 +278,9 @@ def make_accelerator(
         )
     if acc.distributed_type == DistributedType.DEEPSPEED:
         raise InputError(
-            "the trainer runs DDP or its own FSDP2 (engine.sharding: fsdp); DeepSpeed launches are not supported "
-            "yet (see nbs/explanations/multi_gpu.md): launch with configs/accelerate/ddp.yaml",
+            "the trainer does ZeRO-2 itself, through torch's FSDP2, instead of a DeepSpeed launch: launch with "
+            "configs/accelerate/ddp.yaml (or torchrun) and set engine.sharding: zero2 in the run's section (see "
+            "nbs/explanations/multi_gpu.md)",
             field="distributed_type",
         )
     return acc

@@ -11,15 +11,15 @@ from ..core import InputError
 from ..runs import load_checkpoint
 
 # %% auto #0
-__all__ = ['SHARD_UNITS', 'check_sharding', 'shard_transformer', 'StateView', 'gather_state', 'load_sharded', 'unsharded_copy',
-           'grad_norm', 'full_grads']
+__all__ = ['SHARD_UNITS', 'RESHARD_AFTER_FORWARD', 'check_sharding', 'shard_transformer', 'reshard_all', 'StateView',
+           'gather_state', 'load_sharded', 'unsharded_copy', 'grad_norm', 'full_grads']
 
 # %% ../../nbs/rl/10b_sharding.ipynb #8edb47106e1a46a883d545849b8ab81b
 SHARD_UNITS = ("DualStreamBlock", "SingleStreamBlock")  # the transformer's FSDP units (configs/accelerate/fsdp.yaml)
 
 
 def check_sharding(
-    engine,  # the run's EngineConfig (sharding fsdp)
+    engine,  # the run's EngineConfig (sharding fsdp or zero2)
     transformer: torch.nn.Module,  # the policy before sharding
 ):
     "Refuse what the sharded trainer does not support yet (LoRA, EMA, compile, fp16), naming the knob."
@@ -30,23 +30,27 @@ def check_sharding(
     for k, bad in todo.items():
         if bad:
             raise InputError(
-                f"engine.sharding fsdp does not support {k} {getattr(engine, k)!r} yet (see "
+                f"engine.sharding {engine.sharding} does not support {k} {getattr(engine, k)!r} yet (see "
                 "nbs/explanations/multi_gpu.md): use sharding none",
                 field=f"engine.{k}",
             )
     if not isinstance(transformer, MeissonicTransformer):
         raise InputError(
-            f"engine.sharding fsdp shards a MeissonicTransformer, got {type(transformer).__name__}",
+            f"engine.sharding {engine.sharding} shards a MeissonicTransformer, got {type(transformer).__name__}",
             field="engine.sharding",
         )
 
 # %% ../../nbs/rl/10b_sharding.ipynb #7623eae2785240b9bd12b16a66d81610
+RESHARD_AFTER_FORWARD = {"fsdp": True, "zero2": False}  # engine.sharding -> shard_transformer's reshard_after_forward
+
+
 def shard_transformer(
     model: torch.nn.Module,  # the policy (after gradient checkpointing is set and the reference is copied)
     device: torch.device,  # where the process computes (its mesh's device type)
     precision: str = "fp32",  # EngineConfig.precision: bf16 computes in bf16 with fp32 master weights
+    reshard_after_forward: bool = True,  # False: ZeRO-2, a unit's gathered parameters kept through the backward
 ) -> torch.nn.Module:  # the same module, sharded in place
-    "FSDP2 full shard over all processes: each transformer block its own unit, then the root."
+    "FSDP2 over all processes (full shard, or ZeRO-2 without resharding after forward): each block, then the root."
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -56,8 +60,20 @@ def shard_transformer(
     low = low_dtype(precision)
     mp = MixedPrecisionPolicy() if low == torch.float32 else MixedPrecisionPolicy(low, torch.float32, torch.float32)
     for m in [m for m in model.modules() if type(m).__name__ in SHARD_UNITS]:
-        fully_shard(m, mesh=mesh, mp_policy=mp)
-    return fully_shard(model, mesh=mesh, mp_policy=mp)
+        fully_shard(m, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    # the root: None is torch's default, which keeps the root's own parameters gathered after its forward anyway
+    return fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=None if reshard_after_forward else False)
+
+# %% ../../nbs/rl/10b_sharding.ipynb #0c4f8e2b9a6d4b1f8e3a7c5d2b9f6e14
+def reshard_all(
+    model: torch.nn.Module,  # the sharded policy
+):
+    "Free every unit's gathered parameters (zero2 keeps them after a forward without backward) before a step."
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
 
 # %% ../../nbs/rl/10b_sharding.ipynb #938c804e27f84196a10c8828c723f798
 class StateView:

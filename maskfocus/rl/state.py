@@ -61,7 +61,7 @@ class Run:
     report: Path | None = None  # folder of the metrics and the summary (None: dvclive under out/run)
     base: Path | None = None  # the base pipeline folder (its text encoder is saved with the final model)
     lora: bool = False  # the transformer carries LoRA adapters (only they train; the reference: adapters off)
-    sharded: bool = False  # the transformer is FSDP2-sharded over the processes (maskfocus.rl.sharding)
+    sharded: bool = False  # the transformer is FSDP2-sharded over the processes (sharding fsdp or zero2)
     ema: object = None  # the EMA of the trained parameters (maskfocus.rl.adapters.EMA), if any
     debug_grads_path: str | Path | None = None  # save the synced gradients of the first update here
     model: torch.nn.Module | None = None  # the transformer wrapped for the processes (open_run)
@@ -195,11 +195,12 @@ def setup(
     pipe = _load_pipeline(base, dev)
     budgets.update(derived_budgets(cfg, acc.num_processes, hw=pipe.grid[0] * pipe.grid[1]))
     reference, lora = _engine_models(cfg, pipe, dev)
-    if sharded := cfg.engine.get("sharding") == "fsdp" and acc.num_processes > 1:  # the optimizer gets the shards
-        from .sharding import check_sharding, shard_transformer
+    mode = cfg.engine.get("sharding", "none")  # fsdp or zero2: sharded, and the optimizer gets the shards
+    if sharded := mode != "none" and acc.num_processes > 1:
+        from .sharding import RESHARD_AFTER_FORWARD, check_sharding, shard_transformer
 
         check_sharding(cfg.engine_config(), pipe.transformer)
-        shard_transformer(pipe.transformer, dev, cfg.engine["precision"])
+        shard_transformer(pipe.transformer, dev, cfg.engine["precision"], RESHARD_AFTER_FORWARD[mode])
     est = make_estimator(cfg.estimator, mask_id=int(pipe.transformer.mask_token_id), **cfg.estimator_knobs())
     reward = reward_fn if reward_fn is not None else _make_reward(cfg)
     if callable(getattr(reward, "to", None)):  # a reward model (CLIP) runs where the images are made
@@ -254,8 +255,9 @@ def open_run(
     if not s.main:
         return
     n_params = sum(p.numel() for p in s.params)
+    shards = f", FSDP2 shards ({cfg.engine['sharding']})" if s.sharded else ""
     print(
-        f"train: {s.W} process(es){', FSDP2 shards' if s.sharded else ''}, "
+        f"train: {s.W} process(es){shards}, "
         f"transformer {n_params / 1e6:.3f} M trainable params, "
         f"reference model: {s.reference is not None}, iterations {s.start} -> {s.end} of {cfg.iterations}\n"
         f"derived budgets (per process, per iteration):\n{format_budgets(s.budgets)}",

@@ -152,8 +152,9 @@ def _first_update(s: Run, it: int):
 def _optimizer_step(s: Run) -> tuple[float, float]:  # (gradient norm, learning rate of the step)
     "Clip the gradients (or only measure their norm), then step the optimizer and the LR schedule."
     if s.sharded:  # over the shards (DTensor gradients)
-        from .sharding import grad_norm
+        from .sharding import grad_norm, reshard_all
 
+        reshard_all(s.model)  # zero2: a gathered copy left by a forward without backward would miss this step
         gnorm = grad_norm(s.params, s.cfg.grad_clip)
     elif s.cfg.grad_clip > 0:
         gnorm = float(s.acc.clip_grad_norm_(s.model.parameters(), s.cfg.grad_clip))
