@@ -189,7 +189,9 @@ def add_plan_parser(sub):  # the subparsers of the `maskfocus` command
     s.add_argument("--params", required=True, help="YAML file with the RL section (e.g. paper/params.yaml)")
     s.add_argument("--section", default="rl", help="section of --params: RLConfig keys, preset, engine")
     s.add_argument("--gpus", type=int, default=1, help="number of GPUs (processes)")
-    s.add_argument("--sharding", choices=SHARDINGS, default="none", help="none (DDP), zero2 (DeepSpeed), fsdp")
+    s.add_argument(
+        "--sharding", choices=SHARDINGS, default="none", help="none (DDP), zero2 (ZeRO-2: engine.sharding zero2), fsdp"
+    )
     s.add_argument("--model", default=None, help="transformer config.json or pipeline folder (default: Meissonic)")
     s.add_argument("--grid", type=int, default=64, help="tokens per image side (1024² / 16 = 64)")
     s.add_argument("--text-len", type=int, default=77, help="text tokens per prompt (CLIP: 77)")
