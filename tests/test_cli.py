@@ -292,7 +292,7 @@ def test_every_option_has_help_and_shows_its_default():
                 no_default.append(f"{name} {'/'.join(a.option_strings)}")
     assert not missing, f"options without help: {missing}"
     assert not no_default, f"options whose help does not show the default: {no_default}"
-    assert len(_parsers()) == 2 + 10, "the top level, train's own parser and the 10 subcommands"
+    assert len(_parsers()) == 2 + 11, "the top level, train's own parser and the 11 subcommands"
 
 
 def test_read_params_names_line_and_column_of_a_yaml_error(tmp_path):

@@ -45,6 +45,8 @@ def read_prompt_file(
     from maskfocus import geneval
 
     path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", file=path)
     if path.suffix == ".txt":
         lines = [s.strip() for s in path.read_text(encoding="utf-8").splitlines()]
         return [{"prompt": s} for s in lines if s]
