@@ -21,13 +21,14 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP) lint
+	# each part is timed (bash `time`): the CI log shows the share of each
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/check_nbdev_clean.sh
 	# two notebooks run at once on two cores: one torch thread each avoids oversubscription
-	OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" nbdev-test --n-workers 2
-	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest tests/ -q
+	time OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" nbdev-test --n-workers 2
+	time PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest tests/ -q
 	# the paper pipeline's CPU smoke twin, every stage from scratch: tiny random models in the real layouts
 	rm -rf paper/smoke/dvc.lock paper/smoke/models paper/smoke/work paper/smoke/results
-	OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro paper/smoke/dvc.yaml
+	time OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro paper/smoke/dvc.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check maskfocus tests scripts benchmarks nbs
