@@ -148,7 +148,7 @@ def check_paper_models(
     file=None,  # where they came from (named in errors)
 ) -> dict:
     "The manifest of a paper project's models and prompt files; anything missing is an InputError naming its param."
-    from maskfocus.geneval import read_metadata
+    from maskfocus.rl.pieces import read_prompt_file
 
     models = params.get("models") or {}
     for key in models:
@@ -161,7 +161,7 @@ def check_paper_models(
     for key, path in (params.get("data") or {}).items():
         if not Path(str(path)).is_file():
             raise InputError(f"prompt file not found at {path}", file=file, field=f"data.{key}")
-        out["data"][key] = {"path": str(path), "prompts": len(read_metadata(path))}
+        out["data"][key] = {"path": str(path), "prompts": len(read_prompt_file(path))}
     known = {str(p) for p in models.values() if p is not None}
     for name, sec in params.items():
         for field, p in (_reward_paths(sec) if isinstance(sec, dict) else {}).items():
