@@ -294,7 +294,6 @@ def test_ddp_exact_resume_and_across_world_sizes(base, metas, tmp_path):
     import yaml
     from _launch_train import run
     from maskfocus.rl.config import make_config
-    from maskfocus.runs import list_checkpoints
 
     over = {**TINY, "iterations": 4, "checkpoint_every": 2}
     p = tmp_path / "params.yaml"
@@ -307,10 +306,7 @@ def test_ddp_exact_resume_and_across_world_sizes(base, metas, tmp_path):
     s = launch2(base, b, p)
     assert s["iterations"] == 4 and s["world_size"] == 2 and "iterations 2 -> 4 of 4" in s["stdout"]
     assert same_tensors(a / WEIGHTS, b / WEIGHTS), "2-process resume must be exact"
-    ca, cb = list_checkpoints(a / "run")[-1], list_checkpoints(b / "run")[-1]
-    assert ca.name == cb.name == "step_0000004"
-    for f in ("weights.safetensors", "optimizer.safetensors"):
-        assert same_tensors(ca / f, cb / f), f
+    assert_same_last_checkpoint(a, b)
     assert (a / "train_summary.json").read_bytes() == (b / "train_summary.json").read_bytes()
     one = run(make_config("maskfocus", over), base, c, metas)  # this process: world size 1
     assert one["start"] == 2 and one["end"] == 4 and one["world_size"] == 1
@@ -380,13 +376,22 @@ def test_fsdp_trainer_matches_one_process(fsdp_run, one_run, base):
     assert max(float((load_file(a / WEIGHTS)[k] - v).abs().max()) for k, v in w0.items()) > 1e-4, "it trained"
 
 
+def assert_same_last_checkpoint(a, b):
+    "The last checkpoints of runs `a` and `b` are both step 4 with equal weights and AdamW state, bit for bit."
+    from maskfocus.runs import list_checkpoints
+
+    ca, cb = list_checkpoints(a / "run")[-1], list_checkpoints(b / "run")[-1]
+    assert ca.name == cb.name == "step_0000004"
+    for f in ("weights.safetensors", "optimizer.safetensors"):
+        assert same_tensors(ca / f, cb / f), f
+
+
 def test_fsdp_exact_resume_and_one_process(fsdp_run, base, metas, tmp_path):
     """Sharded, 2 processes: 2 iterations + resume + 2 == 4 iterations bit for bit (final weights, the gathered
     checkpoint's weights and AdamW state, summary); the sharded checkpoint (full state, the unsharded layout) resumed
     by 1 unsharded process ends within 1e-5 of the sharded run."""
     from _launch_train import run
     from maskfocus.rl.config import make_config
-    from maskfocus.runs import list_checkpoints
 
     a, b, c = fsdp_run["out"], tmp_path / "resumed", tmp_path / "one"
     p = fsdp_params(tmp_path)
@@ -396,10 +401,7 @@ def test_fsdp_exact_resume_and_one_process(fsdp_run, base, metas, tmp_path):
     s = launch2(base, b, p)
     assert s["iterations"] == 4 and "iterations 2 -> 4 of 4" in s["stdout"]
     assert same_tensors(a / WEIGHTS, b / WEIGHTS), "a sharded resume must be exact"
-    ca, cb = list_checkpoints(a / "run")[-1], list_checkpoints(b / "run")[-1]
-    assert ca.name == cb.name == "step_0000004"
-    for f in ("weights.safetensors", "optimizer.safetensors"):
-        assert same_tensors(ca / f, cb / f), f
+    assert_same_last_checkpoint(a, b)
     assert (a / "train_summary.json").read_bytes() == (b / "train_summary.json").read_bytes()
     one = run(make_config("maskfocus", FSDP), base, c, metas)  # sharding none, world size 1
     assert one["start"] == 2 and one["end"] == 4 and one["world_size"] == 1
@@ -427,10 +429,7 @@ def test_zero2_matches_fsdp_and_resumes_exactly(fsdp_run, one_run, base, tmp_pat
     s = launch2(base, b, p, torchrun=True)
     assert s["iterations"] == 4 and "iterations 2 -> 4 of 4" in s["stdout"]
     assert same_tensors(a / WEIGHTS, b / WEIGHTS), "zero2 resumed == fsdp uninterrupted, bit for bit"
-    ca, cb = list_checkpoints(a / "run")[-1], list_checkpoints(b / "run")[-1]
-    assert ca.name == cb.name == "step_0000004"
-    for f in ("weights.safetensors", "optimizer.safetensors"):
-        assert same_tensors(ca / f, cb / f), f
+    assert_same_last_checkpoint(a, b)
     sa, sb = (json.loads((d / "train_summary.json").read_text()) for d in (a, b))
     assert sb["config"]["engine"].pop("sharding") == "zero2" and sa["config"]["engine"].pop("sharding") == "fsdp"
     assert sa == sb, "the summaries differ only in the sharding knob"
