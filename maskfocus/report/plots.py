@@ -12,10 +12,11 @@ import numpy as np
 
 from ..core import InputError, atomic_write
 from .runs import read_curve
+from .seeds import by_seed
 from .tables import _ms
 
 # %% auto #0
-__all__ = ['smooth_curve', 'curve_band', 'final_value', 'new_figure', 'plot_bands', 'plot_bars', 'save_figure']
+__all__ = ['smooth_curve', 'curve_band', 'final_value', 'new_figure', 'plot_bands', 'plot_bars', 'save_figure', 'plot_strip']
 
 # %% ../../nbs/report/02_plots.ipynb #2026f8ce
 def smooth_curve(
@@ -151,3 +152,39 @@ def save_figure(
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     return Path(path)
+
+# %% ../../nbs/report/02_plots.ipynb #ab315e83
+def plot_strip(
+    ax,  # a matplotlib Axes
+    groups: dict[str, dict],  # column label -> seed -> value (one dot per seed)
+    refs: dict[str, float] | None = None,  # line label -> y of a horizontal dashed reference line
+    title: str = "",
+    ylabel: str = "",  # texts
+    width: float = 0.5,  # width of a column's mean bar (its dots spread over 60 % of it)
+):
+    "One column per group: each seed a labelled dot, the mean a horizontal bar; dashed reference lines."
+    for i, (lab, vals) in enumerate(groups.items()):
+        v = by_seed(vals, f"groups[{lab!r}]")
+        if not v:
+            raise InputError(f"{lab!r} has no seeds to plot", field="groups")
+        k = len(v)
+        xs = i + (np.linspace(-0.3, 0.3, k) * width if k > 1 else np.zeros(1))
+        ys = list(v.values())
+        (dots,) = ax.plot(xs, ys, "o", ms=5, alpha=0.8, label="_nolegend_")
+        ax.plot(
+            [i - width / 2, i + width / 2], [np.mean(ys)] * 2, "-", lw=2.2, color=dots.get_color(), label="_nolegend_"
+        )
+        for x, (s, y) in zip(xs, v.items()):
+            ax.annotate(f"s{s}", (x, y), xytext=(3, 2), textcoords="offset points", fontsize=6)
+    styles = ["--", ":", "-.", (0, (5, 1))]
+    for j, (lab, y) in enumerate((refs or {}).items()):
+        ax.axhline(y, ls=styles[j % len(styles)], color="0.3", lw=1, label=lab)
+    ax.set_xticks(range(len(groups)), [f"{lab}\n(n={len(v)})" for lab, v in groups.items()], fontsize=7)
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set_title(title, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    if refs:
+        ax.legend(fontsize=6)
+    return ax
