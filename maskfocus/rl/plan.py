@@ -5,13 +5,16 @@
 # %% ../../nbs/rl/13_plan.ipynb #6fe15a6f
 from __future__ import annotations
 import json, math
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from ..core import HelpFormatter, InputError, read_params
 from ..models.meissonic_config import MeissonicConfig
 from .budgets import derived_budgets
-from .config import RLConfig
 from .presets import make_config
+
+if TYPE_CHECKING:  # the trainer config imports torch: `maskfocus --help` must not wait for it
+    from maskfocus.rl.config import RLConfig
 
 # %% auto #0
 __all__ = ['SHARDINGS', 'plan_config', 'plan_memory', 'format_plan', 'plan_command', 'add_plan_parser']
