@@ -61,13 +61,17 @@ def _ms(x) -> dict:
 def compare(
     a,  # a mean_std dict, or one number
     b,  # idem
+    paired: dict | None = None,  # a `maskfocus.report.seeds.paired_diff` of a − b: used when it pairs >= 2 seeds
 ) -> dict:
-    "diff = mean_a - mean_b, its standard error `se` and `verdict` (higher, lower, within noise, equal, ...)."
+    "diff = a − b, its standard error `se`, `verdict` (higher, lower, within noise, ...) and `paired_n` (0: unpaired)."
     a, b = _ms(a), _ms(b)
-    diff = a["mean"] - b["mean"]
-    sa = a["std"] if a.get("n", 0) > 1 else b["std"] if b.get("n", 0) > 1 else math.nan
-    sb = b["std"] if b.get("n", 0) > 1 else sa
-    se = math.sqrt(sa**2 / max(a["n"], 1) + sb**2 / max(b["n"], 1)) if not math.isnan(sa) else math.nan
+    if paired and paired.get("n", 0) >= 2 and paired.get("se") is not None:  # same seeds: the se of the differences
+        diff, se, n_paired = float(paired["mean"]), float(paired["se"]), int(paired["n"])
+    else:
+        diff, n_paired = a["mean"] - b["mean"], 0
+        sa = a["std"] if a.get("n", 0) > 1 else b["std"] if b.get("n", 0) > 1 else math.nan
+        sb = b["std"] if b.get("n", 0) > 1 else sa
+        se = math.sqrt(sa**2 / max(a["n"], 1) + sb**2 / max(b["n"], 1)) if not math.isnan(sa) else math.nan
     if math.isnan(diff):
         verdict = "not available"
     elif diff == 0:
@@ -78,7 +82,7 @@ def compare(
         verdict = "higher" if diff > 0 else "lower"
     else:
         verdict = "within noise"
-    return {"diff": diff, "se": se, "verdict": verdict}
+    return {"diff": diff, "se": se, "verdict": verdict, "paired_n": n_paired}
 
 
 def fmt(x, digits: int = 3) -> str:  # a mean_std dict, a number or None
@@ -98,9 +102,10 @@ def claim_line(
     b_label: str,
     b,  # the other side
     digits: int = 3,  # decimals shown
+    paired: dict | None = None,  # a `paired_diff` of a − b over shared seeds (see `compare`)
 ) -> str:
     "One sentence, generated from the numbers: does `a > b` (the paper's claim) hold at toy scale?"
-    c = compare(a, b)
+    c = compare(a, b, paired)
     holds = {
         "higher": "holds",
         "lower": "reversed",
@@ -109,6 +114,8 @@ def claim_line(
         "not available": "not available",
     }.get(c["verdict"], ("holds" if c["diff"] > 0 else "does not hold") + " (no noise estimate)")
     noise = f", 2·se {2 * c['se']:.{digits}f}" if not math.isnan(c["se"]) else ""
+    if c["paired_n"]:
+        noise = f" (paired over {c['paired_n']} seeds){noise}"
     return (
         f"{claim}: {a_label} {fmt(a, digits)} vs {b_label} {fmt(b, digits)} → "
         f"difference {c['diff']:+.{digits}f}{noise}: "
