@@ -4,7 +4,7 @@
 
 # %% ../../nbs/report/00_runs.ipynb #76843d45
 from __future__ import annotations
-import csv, io, json, os, re, tempfile
+import atexit, csv, io, json, os, re, shutil, tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -37,9 +37,13 @@ def output_dir(
     out_dir: str | os.PathLike,  # where the notebook writes; "" = a fresh temporary folder
     name: str = "experiment",  # prefix of the temporary folder
 ) -> Path:
-    "The output folder (created); an empty string gives a temporary folder, never one inside the repository."
-    d = Path(tempfile.mkdtemp(prefix=f"maskfocus-{name}-")) if not str(out_dir) else resolve(out_dir)
-    d.mkdir(parents=True, exist_ok=True)
+    "The output folder (created); an empty string gives a temporary folder, removed when the Python process exits."
+    if str(out_dir):
+        d = resolve(out_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+    d = Path(tempfile.mkdtemp(prefix=f"maskfocus-{name}-"))  # never inside the repository
+    atexit.register(shutil.rmtree, d, ignore_errors=True)  # a smoke run or a notebook opened by hand leaves no litter
     return d
 
 # %% ../../nbs/report/00_runs.ipynb #2dd42402
