@@ -35,11 +35,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check nbs tests scripts benchmarks
 	$(BIN)/python scripts/dvc_deps.py --check
 
-# The RL runs are independent and fastest with one torch thread each: scripts/repro_parallel.py runs them two at a
-# time and records them in dvc.lock as `dvc repro` would; plain `dvc repro` gives the same results, one at a time.
+# The RL runs and the base model's evaluations are independent and fastest with one torch thread each:
+# scripts/repro_parallel.py runs them two at a time, longest first (Mask-GRPO and MaskGRPO train every step; the base
+# is evaluated at 5 settings), and records them in dvc.lock as `dvc repro` would; plain `dvc repro` gives the same
+# results, one at a time.
+POOL := 'rl@mask_grpo-*' 'rl_variant@clip-mask_grpo' 'rl@maskgrpo-*' 'rl_variant@clip-maskgrpo' eval_base \
+        'rl@*' 'rl_udm@*' 'rl_variant@*' eval_base_train eval_base_clip fig2a fig2b fig2c
 repro: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro prompts judge_groundtruth train_clip pretrain eval_base
-	PATH="$(CURDIR)/$(BIN):$$PATH" python scripts/repro_parallel.py --jobs 2 'rl@*' 'rl_udm@*' 'rl_variant@*'
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro prompts judge_groundtruth train_clip pretrain
+	PATH="$(CURDIR)/$(BIN):$$PATH" python scripts/repro_parallel.py --jobs 2 $(POOL)
 	# --allow-missing: a stage whose only change is a DVC-cached output absent from a clone (no DVC remote) is not re-run
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro --allow-missing
 
