@@ -19,6 +19,8 @@ import re
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 MARK = re.compile(r"(<!-- generated:(\w+) \(python scripts/readme_blocks.py\) -->\n)(.*?)(<!-- end:\2 -->)", re.S)
 
@@ -41,17 +43,34 @@ def results_block(results: Path) -> str:
         "Meissonic at 1024². From `results/table1_geneval/table1.md`; every other result, and what does not "
         "reproduce, is in [the report](results/REPORT.md)."
     )
+    recipe = json.loads((results / "reward_recipe" / "reward_recipe.json").read_text())
+    note += (
+        " The recipe's reward (judge + partial score, chosen on the training prompts with MaskFocus runs) against "
+        f"the judge alone, paired over seeds on the test split: {recipe['summary']} Per method: "
+        "`results/reward_recipe/reward_recipe.md`."
+    )
     return "\n".join([*table, "", note, "", *claims]) + "\n"
 
 
+RL_STAGES = ("rl@", "rl_udm@", "rl_variant@")  # the RL runs `make repro` trains (rl_judge_only is frozen)
+
+
 def timings_block(results: Path) -> str:
-    "The measured time of `make repro` from a fresh clone."
+    "The measured time of `make repro` from a fresh clone, and whether the pipeline has grown since."
     t = json.loads((results / "pipeline_timings.json").read_text())
     log = t["logs"][0]
+    measured = len(log["parallel_stages_s"])
+    lock = yaml.safe_load((results.parent / "dvc.lock").read_text())["stages"]
+    now = sum(1 for n in lock if n.startswith(RL_STAGES))
+    grown = (
+        f" The pipeline now has {now} RL runs (dvc.lock); its time from a fresh clone has not been measured since."
+        if now != measured
+        else ""
+    )
     return (
         f"Measured from a fresh clone on 2 cores: {t['total_s'] / 60:.0f} min, of which the "
-        f"{len(log['parallel_stages_s'])} RL runs take {log['parallel_span_s'] / 60:.0f} min "
-        "(`results/pipeline_timings.json`, which names the commit measured).\n"
+        f"{measured} RL runs take {log['parallel_span_s'] / 60:.0f} min "
+        f"(`results/pipeline_timings.json`, which names the commit measured).{grown}\n"
     )
 
 

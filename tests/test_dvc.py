@@ -152,3 +152,21 @@ def test_metrics_files_hold_numbers_only():
         assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in m.values()), f
         keys |= set(m)
     assert len(keys) <= 8, sorted(keys)
+
+
+def test_judge_only_runs_are_recorded_in_the_sweep_project():
+    """The frozen rl_judge_only runs (the recipe's reward before sweep round 13) sit in the sweep project, one lock
+    entry per method and seed of params.yaml, each with its committed evaluation, and reward_recipe reads
+    all of them."""
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())["rl_judge_only"]
+    lock = yaml.safe_load((ROOT / "sweep" / "dvc.lock").read_text())["stages"]
+    deps = {d if isinstance(d, str) else next(iter(d)) for d in _root_stage("reward_recipe")["deps"]}
+    for m in p["presets"]:
+        for s in p["seeds"]:
+            assert f"rl_judge_only@{m}-{s}" in lock, (m, s)
+            assert (ROOT / "sweep" / "judge_only" / f"{m}-s{s}" / "eval.json").is_file(), (m, s)
+            assert f"sweep/judge_only/{m}-s{s}" in deps, (m, s)
+
+
+def _root_stage(name: str) -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][name]

@@ -25,7 +25,9 @@ TINY = {
     "log_images_every": 0,
 }
 
-_CLIP_REWARD = {"reward": {"judge": 0.0, "clip": 1.0}}
+_CLIP_REWARD = {
+    "reward": {"judge": 0.0, "judge_partial": 0.0, "clip": 1.0}
+}  # every key of the `rl` reward zeroed, as params.yaml's clip-* runs do
 TINY_VARIANTS: dict[str, tuple[str, dict]] = {
     **{p: (p, {}) for p in ("maskfocus", "maskfocus_no_css", "maskfocus_no_dr", "maskgrpo", "mask_grpo")},
     "udm_grpo": ("udm_grpo", {"K": 1}),  # window(3): of the 3 eligible steps of N = 4, room for a window of 1
