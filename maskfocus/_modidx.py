@@ -325,6 +325,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                          'maskfocus/models/transformer.py'),
                                               'maskfocus.models.transformer.rope_tables': ( 'models/transformer.html#rope_tables',
                                                                                             'maskfocus/models/transformer.py')},
+            'maskfocus.report.judges': { 'maskfocus.report.judges.image_judge': ( 'report/judges.html#image_judge',
+                                                                                  'maskfocus/report/judges.py')},
             'maskfocus.report.plots': { 'maskfocus.report.plots.curve_band': ('report/plots.html#curve_band', 'maskfocus/report/plots.py'),
                                         'maskfocus.report.plots.final_value': ( 'report/plots.html#final_value',
                                                                                 'maskfocus/report/plots.py'),

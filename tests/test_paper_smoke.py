@@ -23,10 +23,24 @@ def test_smoke_twin_runs_the_same_stages():
     assert (SMOKE / "dvc.yaml").read_bytes() == (PAPER / "dvc.yaml").read_bytes()
     paper, smoke = _params(PAPER), _params(SMOKE)
     assert set(paper) == set(smoke) and paper["smoke"] is False and smoke["smoke"] is True
-    for key in ("models", "data", "launch", "eval", "presets_geneval", "drawbench_runs"):
+    for key in ("models", "data", "launch", "eval", "presets_geneval", "drawbench_runs", "figures"):
         assert set(paper[key]) == set(smoke[key]), key
+    for fig, knobs in paper["figures"].items():
+        assert not isinstance(knobs, dict) or set(knobs) == set(smoke["figures"][fig]), fig
     assert paper["presets_hps"] == smoke["presets_hps"] == ["maskfocus", "maskgrpo"]
     assert set(paper["presets_geneval"]) >= {"maskfocus", "maskgrpo", "mask_grpo", "udm_grpo"}
+
+
+def test_figure_and_table_notebooks_are_paper_stages():
+    "Every figure notebook that samples a model or reads RL runs, and every paper table, runs in the paper project."
+    stages = yaml.safe_load((PAPER / "dvc.yaml").read_text())["stages"]
+    cmds = " ".join(str(s.get("cmd", s.get("do", {}).get("cmd", ""))) for s in stages.values())
+    tables = stages["tables"]["foreach"]
+    for nb in ("fig2a_early_predictions", "fig2b_step_similarity", "fig2c_entropy", "fig6_trajectories"):
+        assert f"nbs/experiments/{nb}.ipynb" in cmds, nb
+    assert "nbs/experiments/training_curves.ipynb" in cmds and "-p layout single" in cmds
+    assert tables == ["paper_table1", "paper_table2", "paper_table3"]
+    assert cmds.count("-p evaluator geneval_hf") == 2  # the figures that judge images use GenEval's rules
 
 
 def test_every_preset_keeps_its_own_knobs():

@@ -184,9 +184,9 @@ def _result(meta: dict, dets: dict, rejected: list) -> dict:
     broken = [r for r in rejected if not r["reason"].startswith("noise")]
     if not correct and broken:
         reason += "".join(f"\nnot an object: [{','.join(str(int(v)) for v in r['box'])}] {r['reason']}" for r in broken)
-    details = {
-        c: [{"box": d["box"], "color": d["color"], "score": _r4(d["score"])} for d in v] for c, v in dets.items()
-    }
+    # GenEval's details: per class, [x1, y1, x2, y2, score] per detection; the colours apart, in the same order
+    details = {c: [[*d["box"], _r4(d["score"])] for d in v] for c, v in dets.items()}
+    colors = {c: [d["color"] for d in v] for c, v in dets.items()}
     rej = [{k: _r4(v) if isinstance(v, float) else v for k, v in r.items()} for r in rejected]
     return {
         "tag": meta["tag"],
@@ -195,6 +195,7 @@ def _result(meta: dict, dets: dict, rejected: list) -> dict:
         "reason": reason,
         "metadata": dump_metadata(meta),
         "details": json.dumps(details),
+        "colors": json.dumps(colors),
         "strict_correct": bool(strict),
         "score": float(score),
         "rejected": json.dumps(rej),
