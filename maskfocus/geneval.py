@@ -207,7 +207,7 @@ def evaluate(
                     correct = ok = False
                     reason.append(
                         f"expected {req['color']} {cls}>={n}, found {cols.count(req['color'])} {req['color']}; and "
-                        + ", ".join(f"{cols.count(c)} {c}" for c in dict.fromkeys(c for c in cols if c))
+                        + ", ".join(f"{cols.count(c)} {c}" for c in COLORS if c in cols)  # GenEval's order
                     )
             if "position" in req and ok:
                 rel, j = req["position"]

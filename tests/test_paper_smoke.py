@@ -27,6 +27,7 @@ def test_smoke_twin_runs_the_same_stages():
         assert set(paper[key]) == set(smoke[key]), key
     for fig, knobs in paper["figures"].items():
         assert not isinstance(knobs, dict) or set(knobs) == set(smoke["figures"][fig]), fig
+    assert set(smoke["variants"]) <= set(paper["variants"])  # the twin runs one of the Fig. 5 variants
     assert paper["presets_hps"] == smoke["presets_hps"] == ["maskfocus", "maskgrpo"]
     assert set(paper["presets_geneval"]) >= {"maskfocus", "maskgrpo", "mask_grpo", "udm_grpo"}
 
@@ -36,9 +37,14 @@ def test_figure_and_table_notebooks_are_paper_stages():
     stages = yaml.safe_load((PAPER / "dvc.yaml").read_text())["stages"]
     cmds = " ".join(str(s.get("cmd", s.get("do", {}).get("cmd", ""))) for s in stages.values())
     tables = stages["tables"]["foreach"]
-    for nb in ("fig2a_early_predictions", "fig2b_step_similarity", "fig2c_entropy", "fig6_trajectories"):
+    figures = ("fig2a_early_predictions", "fig2b_step_similarity", "fig2c_entropy", "fig6_trajectories")
+    for nb in (*figures, "fig5_variants"):
         assert f"nbs/experiments/{nb}.ipynb" in cmds, nb
-    assert "nbs/experiments/training_curves.ipynb" in cmds and "-p layout single" in cmds
+    assert "nbs/experiments/training_curves.ipynb" in cmds and cmds.count("-p layout single") == 2
+    assert stages["rl_variant"]["foreach"] == "${variants}"  # Fig. 5's runs, next to rl_geneval's
+    panels = yaml.safe_load(_params(PAPER)["figures"]["fig5"]["panels"])
+    runs = set(_params(PAPER)["variants"]) | set(_params(PAPER)["presets_geneval"])
+    assert {v for vs in panels.values() for v in vs} <= runs  # every run a panel draws is trained
     assert tables == ["paper_table1", "paper_table2", "paper_table3"]
     assert cmds.count("-p evaluator geneval_hf") == 2  # the figures that judge images use GenEval's rules
 

@@ -103,8 +103,9 @@ def claim_line(
     b,  # the other side
     digits: int = 3,  # decimals shown
     paired: dict | None = None,  # a `paired_diff` of a − b over shared seeds (see `compare`)
+    scale: str = "toy scale",  # where the numbers come from, named at the end of the sentence
 ) -> str:
-    "One sentence, generated from the numbers: does `a > b` (the paper's claim) hold at toy scale?"
+    "One sentence, generated from the numbers: does `a > b` (the paper's claim) hold at this scale?"
     c = compare(a, b, paired)
     holds = {
         "higher": "holds",
@@ -119,7 +120,7 @@ def claim_line(
     return (
         f"{claim}: {a_label} {fmt(a, digits)} vs {b_label} {fmt(b, digits)} → "
         f"difference {c['diff']:+.{digits}f}{noise}: "
-        f"**{holds}** at toy scale."
+        f"**{holds}** at {scale}."
     )
 
 # %% ../../nbs/report/01_tables.ipynb #7e7a8c0e
