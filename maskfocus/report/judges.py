@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..core import InputError
+from .runs import resolve
 
 # %% auto #0
 __all__ = ['EVALUATORS', 'image_judge']
@@ -20,8 +21,8 @@ EVALUATORS = ("toy", "geneval_hf")  # the judges `image_judge` builds
 
 def image_judge(
     evaluator: str = "toy",  # "toy": the toy world's judge; "geneval_hf": GenEval's rules on Mask2Former + colour CLIP
-    detector: str | os.PathLike = "",  # geneval_hf: the COCO-instance Mask2Former folder (transformers layout)
-    color_clip: str | os.PathLike = "",  # geneval_hf: the colour CLIP (open_clip folder, or a ViT-L-14 weights file)
+    detector: str | os.PathLike = "",  # geneval_hf: the COCO-instance Mask2Former folder (relative: to the repo root)
+    color_clip: str | os.PathLike = "",  # geneval_hf: the colour CLIP (open_clip folder or ViT-L-14 weights file; idem)
     detector_size: str = "mmdet",  # geneval_hf: "mmdet" (GenEval's 800/1333 resize) or "processor" (the folder's)
     device="cpu",  # geneval_hf: a torch device or its name
 ) -> Callable[[np.ndarray, Sequence[dict]], list[dict]]:
@@ -37,4 +38,5 @@ def image_judge(
             raise InputError(f"the geneval_hf evaluator needs {field}: the folder of its model", field=field)
     from maskfocus.scoring.geneval_hf_cli import geneval_hf_reward
 
-    return geneval_hf_reward(detector, clip=color_clip, size=detector_size, device=device).evaluator.judge
+    judge = geneval_hf_reward(resolve(detector), clip=resolve(color_clip), size=detector_size, device=device)
+    return judge.evaluator.judge

@@ -62,13 +62,23 @@ def parse_key(key: str) -> tuple[str, int] | None:  # a folder name
 
 
 def discover_runs(
-    runs_dir: str | os.PathLike,  # folder holding `<variant>-s<seed>` run folders
+    runs_dir: str | os.PathLike,  # folder holding the run folders
     variants: Sequence[str] | None = None,  # keep these (all must have a run); None: every variant found
+    layout: str = "seeds",  # "seeds": `<variant>-s<seed>` folders; "single": one `<variant>` folder each
 ) -> dict[str, dict[int, Path]]:  # variant -> {seed: folder}, in the order of `variants`
     "The run folders under `runs_dir`, grouped by variant and sorted by seed."
     d = resolve(runs_dir)
+    if layout not in ("seeds", "single"):
+        raise InputError(f"layout must be 'seeds' or 'single', got {layout!r}", field="layout")
     if not d.is_dir():
         raise InputError("runs folder not found", file=d)
+    if layout == "single":  # the paper pipeline: one run per variant, its seed from its recorded config
+        if variants is None:
+            raise InputError("layout 'single' needs the variants to read", field="variants")
+        missing = [v for v in variants if not (d / v).is_dir()]
+        if missing:
+            raise InputError(f"no run folder for {', '.join(missing)}", file=d)
+        return {v: {int(read_summary(d / v)["config"]["seed"]): d / v} for v in variants}
     found: dict[str, dict[int, Path]] = {}
     for p in sorted(d.iterdir()):
         k = parse_key(p.name) if p.is_dir() else None
