@@ -38,9 +38,12 @@ lint: $(STAMP)
 # The RL runs and the base model's evaluations are independent and fastest with one torch thread each:
 # scripts/repro_parallel.py runs them two at a time, longest first (Mask-GRPO and MaskGRPO train every step; the base
 # is evaluated at 5 settings), and records them in dvc.lock as `dvc repro` would; plain `dvc repro` gives the same
-# results, one at a time.
+# results, one at a time. The figure and table stages come last: each starts once its RL runs are recorded, so they
+# fill the core the last runs leave idle.
 POOL := 'rl@mask_grpo-*' 'rl_variant@clip-mask_grpo' 'rl@maskgrpo-*' 'rl_variant@clip-maskgrpo' eval_base \
-        'rl@*' 'rl_udm@*' 'rl_variant@*' eval_base_train eval_base_clip fig2a fig2b fig2c
+        'rl@*' 'rl_udm@*' 'rl_variant@*' eval_base_train eval_base_clip fig2a fig2b fig2c \
+        counting_diagnosis fig6 paper_plan table1_geneval table2_clip_reward table3_ablation reward_recipe \
+        fig5_variants compute_table training_curves report
 repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro prompts judge_groundtruth train_clip pretrain
 	PATH="$(CURDIR)/$(BIN):$$PATH" python scripts/repro_parallel.py --jobs 2 $(POOL)

@@ -8,7 +8,8 @@ then `python scripts/pipeline_timings.py repro.log [more.log ...] --out results/
 A `dvc repro` stage runs from its "Running stage 'X':" line to the next line of DVC's or of the Makefile's
 (lock update, next stage, skipped stage, error, next command); an RL stage run
 by scripts/repro_parallel.py reports its own time ("done rl@... in N s"). Several logs (e.g. a run finished by a
-second command) add up. Only the numbers in the logs are used.
+second command) add up: the top-level fields merge them (`total_s` the sum of the spans), `logs` keeps each.
+Only the numbers in the logs are used.
 
 An RL stage trains and then evaluates on the test split. With `--lock dvc.lock` (the run's lock file), each such
 stage's evaluation time (the `wall_s` of every setting in the `eval.json` among its outputs, which the evaluator
@@ -80,6 +81,18 @@ def eval_seconds(lock: Path) -> dict[str, float]:
     return out
 
 
+def merged(parts: list[dict]) -> dict:
+    "The logs of one run (e.g. one finished by a second command) together: stage times merged, spans added."
+    out = {"dvc_stages_s": {}, "parallel_stages_s": {}, "parallel_span_s": 0, "rl_split_s": {}}
+    for x in parts:
+        for k in ("dvc_stages_s", "parallel_stages_s", "rl_split_s"):
+            out[k] |= x.get(k, {})
+        out["parallel_span_s"] += x.get("parallel_span_s", 0)
+        if "venv_setup_s" in x:
+            out["venv_setup_s"] = x["venv_setup_s"]
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("logs", nargs="+", type=Path)
@@ -102,7 +115,7 @@ def main(argv=None) -> int:
                     for n, t in x["parallel_stages_s"].items()
                     if n in ev
                 }
-    res = {"note": a.note, "total_s": sum(x["span_s"] for x in parts), "logs": parts}
+    res = {"note": a.note, "total_s": sum(x["span_s"] for x in parts), **merged(parts), "logs": parts}
     write_json_atomic(a.out, res)
     print(json.dumps({"total_s": res["total_s"], **{x["log"]: x["dvc_stages_s"] for x in parts}}))
     return 0

@@ -84,3 +84,25 @@ def test_rl_stage_time_split_by_the_lock(tmp_path):
     assert json.loads(out.read_text())["logs"][0]["rl_split_s"] == {
         "rl@a-0": {"eval_s": 24.0, "train_s": 100.0}
     }  # b has no eval.json
+
+
+def test_a_run_finished_by_a_second_command_adds_up(tmp_path):
+    "Two logs of one run: the top-level fields merge the stages of both and add their spans."
+    (tmp_path / "1.log").write_text(LOG)
+    (tmp_path / "2.log").write_text("500 started rl@c-0\n600 done rl@c-0 in 99.0 s (committed)\n601 EXIT=0\n")
+    out = tmp_path / "t.json"
+    script = str(ROOT / "scripts" / "pipeline_timings.py")
+    r = subprocess.run(
+        [sys.executable, script, str(tmp_path / "1.log"), str(tmp_path / "2.log"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    assert d["total_s"] == 240 + 101 and d["venv_setup_s"] == 60 and len(d["logs"]) == 2
+    assert d["parallel_stages_s"] == {"rl@a-0": 124.0, "rl@b-0": 133.5, "rl@c-0": 99.0}
+    assert d["parallel_span_s"] == (310 - 176) + (600 - 500) and set(d["dvc_stages_s"]) == {
+        "train_clip",
+        "judge_groundtruth",
+        "fig2a",
+    }

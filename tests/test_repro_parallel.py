@@ -117,3 +117,23 @@ def test_project_runs_a_nested_dvc_project(project):
     assert "0 of 2 stage(s) to run in sub" in from_sub.stdout, "run from sub/, the project is sub/ (as for dvc)"
     bad = script(project, "--project", "nowhere", "copy@*", check=False)
     assert bad.returncode != 0 and "is not a DVC project" in bad.stderr
+
+
+def test_a_target_downstream_of_targets_waits_for_them(project):
+    "A target fed by other targets starts after they are recorded; one whose inputs came out the same is not re-run."
+    run([str(BIN / "dvc"), "repro", "up"], project)
+    total = "  total:\n    cmd: cat leaf_a.txt leaf_b.txt leaf_c.txt > total.txt\n"
+    total += "    deps: [leaf_a.txt, leaf_b.txt, leaf_c.txt]\n    outs: [total.txt]\n"
+    (project / "dvc.yaml").write_text((project / "dvc.yaml").read_text() + total)
+    r = script(project, "--jobs", "2", "total", "leaf@*")  # named first, it still runs last
+    assert "4 of 4 stage(s) to run" in r.stdout, r.stdout
+    events = [l for l in r.stdout.splitlines() if l.startswith(("started", "done"))]
+    start = events.index("started total")
+    assert all(any(e.startswith(f"done leaf@{k} ") for e in events[:start]) for k in "abc"), events
+    assert (project / "total.txt").read_text() == "1 1\nhello\n2 1\nhello\n3 1\nhello\n"
+    assert status(project) == {}
+    (project / "dvc.yaml").write_text((project / "dvc.yaml").read_text().replace("sleep 1 &&", "sleep 0 &&"))
+    again = script(project, "--jobs", "2", "total", "leaf@*")  # new commands, the same outputs
+    assert "3 of 4 stage(s) to run" in again.stdout and "; 1 more if their upstream changes them" in again.stdout
+    assert "unchanged total (up to date after its upstream ran)" in again.stdout
+    assert "started total" not in again.stdout and status(project) == {}
