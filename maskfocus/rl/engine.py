@@ -21,9 +21,11 @@ _PRECISIONS = ("fp32", "bf16", "fp16")
 _OPTIMIZERS = ("adamw", "adamw_8bit")
 _ROLLOUT_BATCH = ("auto", "group", "all")
 _SHARDING = ("none", "fsdp", "zero2")
+_LATER = (("sharding", "none"), ("packed_update", False))  # not recorded at their defaults (EngineConfig.normalise)
 SCHEDULING = (
     "micro_batch",
     "grad_checkpointing",
+    "packed_update",
     "rollout_batch",
     "reward_overlap",
     "compile",
@@ -105,6 +107,14 @@ class EngineConfig:
             "sampling work at paper scale); another random stream than the default, exact AmusedScheduler path"
         ),
     )
+    packed_update: bool = field(
+        default=False,
+        metadata=_help(
+            "the update's output head, float32 copy and log-softmax only at the scored positions (packed [n, V] "
+            "logits instead of [B, V, H, W]; at paper scale 1 GiB of fp32 logits per selected step and 8 samples); "
+            "the same log-probs up to float rounding. Needs a model taking positions= (the Meissonic transformer)"
+        ),
+    )
     compile: bool = field(default=False, metadata=_help("torch.compile the transformer (CUDA; slow to start)"))
     sharding: str = field(
         default="none",
@@ -126,7 +136,7 @@ class EngineConfig:
         ):
             if getattr(self, k) not in ok:
                 raise InputError(f"{k} must be one of {', '.join(ok)}, got {getattr(self, k)!r}", field=k)
-        for k in ("tf32", "grad_checkpointing", "reward_overlap", "masked_sampling", "compile"):
+        for k in ("tf32", "grad_checkpointing", "packed_update", "reward_overlap", "masked_sampling", "compile"):
             if not isinstance(getattr(self, k), bool):
                 raise InputError(f"{k} must be true or false, got {getattr(self, k)!r}", field=k)
         for k, lo in (("micro_batch", 0), ("lora_rank", 0), ("ema_every", 1)):
@@ -164,8 +174,9 @@ class EngineConfig:
             d = asdict(cls.from_dict(engine))
         except InputError as e:
             raise InputError(e.msg, field=f"engine.{e.field}") from None
-        if d["sharding"] == "none":  # left out at its default: the records of earlier runs stay byte for byte
-            del d["sharding"]
+        for k, default in _LATER:  # knobs added after the first records, left out at their defaults: the records
+            if d[k] == default:  # of earlier runs stay byte for byte
+                del d[k]
         return d
 
     def fingerprint(self) -> dict:

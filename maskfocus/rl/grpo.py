@@ -102,7 +102,10 @@ def masked_mean(
     raise InputError(f"token_mean must be 'batch' or 'sample', got {token_mean!r}", field="token_mean")
 
 
-def _entropy(logits):  # [B, V, H, W] -> [B, HW] nats
+def _entropy(logits, mask):  # [B, V, H, W], or packed [n, V] at mask's Trues; [B, HW] bool -> [B, HW] nats
+    if logits.ndim == 2:  # packed rows (step_logps(..., packed=True)): zero at the positions not scored
+        e = torch.special.entr(logits.detach().float().softmax(-1)).sum(-1)
+        return torch.zeros(mask.shape, dtype=e.dtype, device=e.device).masked_scatter(mask.to(e.device), e)
     B, V = logits.shape[:2]
     return torch.special.entr(logits.detach().float().reshape(B, V, -1).softmax(1)).sum(1)
 
@@ -143,7 +146,7 @@ def _loss_stats(loss, pg, kl, ratio, sel, binds, mask, logits) -> dict:
         "n_tokens": int(mask.sum()),
     }
     if logits is not None:
-        stats["entropy"] = float(masked_mean(_entropy(logits), mask))
+        stats["entropy"] = float(masked_mean(_entropy(logits, mask), mask))
     return stats
 
 
@@ -161,7 +164,7 @@ def grpo_loss(
     clip: tuple[float, float] | None = None,  # ratio clipped to [1-eps_low, 1+eps_high]; None: none (MaskFocus)
     ratio_level: Literal["token", "step"] = "token",  # per-token ratio, or one ratio per sample (sum of log-ratios)
     token_mean: Literal["batch", "sample"] = "sample",  # token averaging, see `masked_mean` (MaskFocus: sample)
-    logits: torch.Tensor | None = None,  # [B, V, H, W] the step's logits, for the entropy statistic only
+    logits: torch.Tensor | None = None,  # [B, V, H, W] or packed [n, V]: the step's logits, for the entropy stat
     max_log_ratio: float = 20.0,  # log-ratios are clamped to +-this before exp (overflow guard)
     n_rows: int | None = None,  # a micro-batch of a larger batch: that batch's samples (see `masked_mean`)
     n_tokens: int | None = None,  # ... and its scored tokens: the parts' losses then add up to the batch's

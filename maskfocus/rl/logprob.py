@@ -6,82 +6,19 @@
 from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
-from typing import Callable, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Callable, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
 from ..core import InputError
-from .estimator import PlanOnce, step_logps  # the trainer's side (nbs/rl/05_estimator)
+from .estimator import Estimator, PlanOnce, StepBatch, step_logps  # shared types (nbs/rl/05_estimator)
+from .estimator import gather_logp, gather_logp_rows, scatter_rows
 from ..models.sampler import mask_schedule
 
 # %% auto #0
-__all__ = ['Alignment', 'ESTIMATORS', 'StepBatch', 'Estimator', 'gather_logp', 'aligned_counts_timesteps', 'random_subsets',
-           'RemaskRandom', 'TrajectoryMask', 'RemaskSchedule', 'TrajectoryReplay', 'make_estimator']
-
-# %% ../../nbs/rl/06_logprob.ipynb #26b51ba6
-@dataclass
-class StepBatch:
-    "What one selected step feeds the model: one conditional forward pass over B samples, and what to score."
-
-    inputs: torch.Tensor  # [B, H, W] int64 token map with mask ids
-    timestep: torch.Tensor  # [B] int64 model timestep
-    targets: torch.Tensor  # [B, HW] int64 tokens whose log-prob is scored
-    score_mask: torch.Tensor  # [B, HW] bool positions that enter the loss
-    extra: dict = field(default_factory=dict)  # estimator-specific (selected step, mask count, seed, replay masks, ...)
-
-    def __post_init__(self):
-        B = self.inputs.shape[0] if self.inputs.ndim == 3 else -1
-        HW = math.prod(self.inputs.shape[1:]) if self.inputs.ndim == 3 else -1
-        if self.inputs.ndim != 3 or self.inputs.dtype != torch.long:
-            raise InputError(
-                f"inputs must be int64 [B,H,W], got {tuple(self.inputs.shape)} {self.inputs.dtype}", field="inputs"
-            )
-        if tuple(self.timestep.shape) != (B,):
-            raise InputError(f"timestep must be [B]=[{B}], got {tuple(self.timestep.shape)}", field="timestep")
-        if tuple(self.targets.shape) != (B, HW):
-            raise InputError(f"targets must be [B,HW]=[{B},{HW}], got {tuple(self.targets.shape)}", field="targets")
-        if tuple(self.score_mask.shape) != (B, HW) or self.score_mask.dtype != torch.bool:
-            raise InputError(
-                f"score_mask must be bool [B,HW]=[{B},{HW}], "
-                f"got {tuple(self.score_mask.shape)} {self.score_mask.dtype}",
-                field="score_mask",
-            )
-
-    @property
-    def n_tokens(self) -> torch.Tensor:  # [B] int64
-        "Scored positions per sample."
-        return self.score_mask.sum(-1)
-
-    def to(self, device: str | torch.device) -> "StepBatch":  # where to move the tensors
-        "A copy with every tensor (also in `extra`) on `device`."
-        mv = lambda v: v.to(device) if isinstance(v, torch.Tensor) else v
-        return StepBatch(
-            mv(self.inputs),
-            mv(self.timestep),
-            mv(self.targets),
-            mv(self.score_mask),
-            {k: mv(v) for k, v in self.extra.items()},
-        )
-
-
-@runtime_checkable
-class Estimator(Protocol):
-    "How selected steps become model inputs (`plan`) and per-token log-probs (`token_logp`)."
-
-    name: str
-
-    def plan(self, traj, selection, generator: torch.Generator | None, inner: int = 0) -> list[StepBatch]: ...
-    def token_logp(self, logits: torch.Tensor, batch: StepBatch) -> torch.Tensor: ...
-
-# %% ../../nbs/rl/06_logprob.ipynb #d12cec75
-def gather_logp(
-    logits: torch.Tensor,  # [B, V, H, W] raw logits (any float dtype)
-    targets: torch.Tensor,  # [B, HW] int64 token ids in [0, V)
-) -> torch.Tensor:  # [B, HW] float32
-    "log softmax(logits)[target] at every position, computed in float32."
-    B, V = logits.shape[:2]
-    return -F.cross_entropy(logits.float().reshape(B, V, -1), targets, reduction="none")
+__all__ = ['Alignment', 'ESTIMATORS', 'aligned_counts_timesteps', 'random_subsets', 'RemaskRandom', 'TrajectoryMask',
+           'RemaskSchedule', 'TrajectoryReplay', 'make_estimator']
 
 # %% ../../nbs/rl/06_logprob.ipynb #c7e1a738
 Alignment = Literal["paper_code", "consistent"]
@@ -164,6 +101,14 @@ class _ScoresFinalTokens(PlanOnce):
     ) -> torch.Tensor:  # [B, HW] float32
         "log p(final token) at every position."
         return gather_logp(logits, batch.targets)
+
+    def token_logp_rows(
+        self,
+        logits: torch.Tensor,  # [n, V] packed: one row per True of batch.score_mask
+        batch: StepBatch,
+    ) -> torch.Tensor:  # [B, HW] float32, zero where not scored
+        "log p(final token) at the scored positions, from packed logits."
+        return scatter_rows(gather_logp_rows(logits, batch.targets[batch.score_mask]), batch.score_mask)
 
 
 @dataclass
@@ -386,13 +331,30 @@ class TrajectoryReplay(PlanOnce):
         c = (
             batch.extra["min_kept_conf"].to(tok.device).float()[:, None].expand_as(rem)[rem]
         )  # [n_remasked] threshold of each one's sample
+        return torch.where(rem, torch.zeros_like(tok).masked_scatter(rem, self._mass_below(lsm, c)), tok)
+
+    def token_logp_rows(
+        self,
+        logits: torch.Tensor,  # [n, V] packed: one row per True of batch.score_mask (it holds every re-masked one)
+        batch: StepBatch,
+    ) -> torch.Tensor:  # [B, HW] float32, zero where not scored
+        "`token_logp` from packed logits."
+        sm = batch.score_mask
+        tok = gather_logp_rows(logits, batch.targets[sm])
+        rem = batch.extra["remasked"].to(sm.device)[sm]  # [n]: which rows are re-masked positions
+        if self.candidate == 1 and bool(rem.any()):
+            c = batch.extra["min_kept_conf"].to(sm.device).float()[:, None].expand_as(sm)[sm][rem]
+            mass = self._mass_below(logits[rem].float().log_softmax(-1), c)
+            tok = torch.where(rem, torch.zeros_like(tok).masked_scatter(rem, mass), tok)
+        return scatter_rows(tok, sm)
+
+    def _mass_below(self, lsm, c):  # [m, V] log-softmax rows; [m] thresholds -> [m] log of the mass below each
         below = lsm.exp() < c[:, None]  # probability space, strict
         anyb = below.any(-1)
         safe = torch.where(below, lsm, torch.full_like(lsm, -torch.inf))
         safe = torch.where(anyb[:, None], safe, torch.zeros_like(lsm))  # no all -inf rows: finite values and gradients
         floor = math.log(self.min_mass)
-        mass = torch.where(anyb, safe.logsumexp(-1), torch.full_like(c, floor)).clamp(floor, 0.0)
-        return torch.where(rem, torch.zeros_like(tok).masked_scatter(rem, mass), tok)
+        return torch.where(anyb, safe.logsumexp(-1), torch.full_like(c, floor)).clamp(floor, 0.0)
 
 # %% ../../nbs/rl/06_logprob.ipynb #057ae7c1
 ESTIMATORS = {c.name: c for c in (RemaskRandom, RemaskSchedule, TrajectoryReplay, TrajectoryMask)}

@@ -48,26 +48,27 @@ def frozen_logps(
 ) -> Frozen:
     "Encode the prompts; the old policy's log-probs needed before the first step, and the reference's."
     th, pooled = s.pipe.encode_prompts(ro.prompts)
-    fr, est = Frozen(th, pooled, {}, {}), s.est
+    fr, est, packed = Frozen(th, pooled, {}, {}), s.est, s.cfg.engine.get("packed_update", False)
     if est.per_inner:  # old policy of inner iterations 1..mu-1: before the first optimizer step
         unwrapped = s.acc.unwrap_model(s.model)
         for j in range(1, s.cfg.mu):
             for k, b in enumerate(pl.plans[j]):
-                fr.old[est.logp_key(j, k)] = step_logps(unwrapped, b, th, pooled, s.micro, est)
+                fr.old[est.logp_key(j, k)] = step_logps(unwrapped, b, th, pooled, s.micro, est, packed=packed)
     ref = s.reference if s.reference is not None or s.cfg.beta == 0 else s.acc.unwrap_model(s.model)
     off = adapters_disabled(ref) if s.reference is None and ref is not None else contextlib.nullcontext()
     with off, autocast(s.dev, s.cfg.engine["precision"]):  # LoRA: the base; autocast: as the policy's forward
         for j, plan in enumerate(pl.plans if ref is not None else []):
             for k, b in enumerate(plan):
                 if (key := est.logp_key(j, k)) not in fr.ref:
-                    fr.ref[key] = step_logps(ref, b, th, pooled, s.micro, est)
+                    fr.ref[key] = step_logps(ref, b, th, pooled, s.micro, est, packed=packed)
     return fr
 
 # %% ../../nbs/rl/10a_update.ipynb #3f260c5c
 def _part_loss(s: Run, pl: Plans, fr: Frozen, adv: torch.Tensor, j: int, k: int, r: slice, whole: bool):
     "Loss of rows `r` of column k of inner iteration j, normalised by the whole column's counts; its backward."
     cfg, b = s.cfg, rows_of(pl.plans[j][k], r)
-    lp, logits = step_logps(s.model, b, fr.th[r], fr.pooled[r], s.micro, s.est, return_logits=True)
+    packed = s.cfg.engine.get("packed_update", False)  # the head only at the scored positions
+    lp, logits = step_logps(s.model, b, fr.th[r], fr.pooled[r], s.micro, s.est, return_logits=True, packed=packed)
     old = fr.old.get(s.est.logp_key(j, k))
     ref = fr.ref.get(s.est.logp_key(j, k))
     totals = (
