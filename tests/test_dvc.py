@@ -170,3 +170,16 @@ def test_judge_only_runs_are_recorded_in_the_sweep_project():
 
 def _root_stage(name: str) -> dict:
     return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][name]
+
+
+def test_every_stage_command_is_one_line_of_shell():
+    """A stage's keys sit beside `cmd`, not inside it: a `deps:` indented one level too deep under `cmd: >-` folds
+    into the command (the shell then runs the list) and leaves the stage without dependencies."""
+    for f in ("dvc.yaml", "sweep/dvc.yaml", "paper/dvc.yaml", "paper/smoke/dvc.yaml"):
+        for name, st in yaml.safe_load((ROOT / f).read_text())["stages"].items():
+            body = st.get("do", st)
+            cmd = body["cmd"] if isinstance(body["cmd"], str) else " ".join(body["cmd"])
+            assert "\n" not in cmd and not any(f" {k}:" in cmd for k in ("deps", "outs", "params", "metrics")), (
+                f,
+                name,
+            )
