@@ -135,53 +135,59 @@ def next_ready(queue: list[str], waits: dict[str, set[str]], done: set[str], tod
     return None
 
 
+def launch(n: str, cmd: str, env: dict, logs: Path) -> tuple:
+    "Start stage n's command in PROJECT, its output to logs/<stage>.log: (process, start time, log file)."
+    log = open(logs / f"{n.replace('@', '_')}.log", "w")
+    p = subprocess.Popen(
+        cmd, shell=True, cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
+    print(f"started {n}", flush=True)
+    return p, time.time(), log
+
+
+def record(n: str, wall: float, timings: dict, path: Path, **how) -> None:
+    "`dvc commit` stage n (what `dvc repro` does after a command) and add its wall time to the timings file."
+    dvc("commit", "--force", n)
+    timings[n] = {"wall_s": round(wall, 1), **how}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(timings, indent=1))
+    tmp.replace(path)
+    print(f"done {n} in {wall:.0f} s (committed)", flush=True)
+
+
 def run_stages(todo: list[str], waits: dict[str, set[str]], info: dict, jobs: int, threads: int, logs: Path):
-    "Run the stages' commands in PROJECT, `jobs` at a time, each after its upstream; commit each. The failed ones."
+    """Run the stages' commands in PROJECT, `jobs` at a time, each after its upstream; commit each (after the freed
+    slot has its next stage: a commit takes seconds of DVC). The failed stages."""
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     timings_path = logs / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-    queue, running, failed, done = list(waits), {}, [], set()
-    while queue or running:
+    queue, running, failed, done, finished = list(waits), {}, [], set(), []
+    while queue or running or finished:
         while len(running) < jobs and not failed and (n := next_ready(queue, waits, done, todo)):
-            log = open(logs / f"{n.replace('@', '_')}.log", "w")
-            running[n] = (
-                subprocess.Popen(
-                    info[n]["cmd"],
-                    shell=True,
-                    cwd=PROJECT,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                ),
-                time.time(),
-                log,
-            )
-            print(f"started {n}", flush=True)
-        time.sleep(2)
+            running[n] = launch(n, info[n]["cmd"], env, logs)
+        for n, wall in finished:  # their dependents start at the next pass, once they are recorded
+            record(n, wall, timings, timings_path, jobs=jobs, threads=threads)
+            done.add(n)
+        finished = []
+        if queue or running:
+            time.sleep(2)
         for n, (p, t0, log) in list(running.items()):
             if p.poll() is None:
                 continue
             log.close()
             del running[n]
             wall = time.time() - t0
-            if p.returncode != 0:
-                failed.append(n)
-                log_name = logs / f"{n.replace('@', '_')}.log"
-                print(f"FAILED {n} (exit {p.returncode}, {wall:.0f} s): see {log_name}", flush=True)
+            if p.returncode == 0:
+                finished.append((n, wall))
                 continue
-            dvc("commit", "--force", n)
-            done.add(n)
-            timings[n] = {"wall_s": round(wall, 1), "jobs": jobs, "threads": threads}
-            tmp = timings_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(timings, indent=1))
-            tmp.replace(timings_path)
-            print(f"done {n} in {wall:.0f} s (committed)", flush=True)
+            failed.append(n)
+            print(
+                f"FAILED {n} (exit {p.returncode}, {wall:.0f} s): see {logs / (n.replace('@', '_') + '.log')}",
+                flush=True,
+            )
         if failed:
             queue.clear()
-        elif queue and not running and next((n for n in queue if waits[n] <= done), None) is None:
-            raise SystemExit(f"error: {', '.join(queue)} wait for stages that are not run")  # not reachable
     return failed
 
 

@@ -72,6 +72,9 @@ def test_runs_side_by_side_and_records_the_lock(project):
             project / f"leaf_{k}.txt"
         ).read_text() == f"{v} 1\nhello\n"  # the stage's own command, with OMP_NUM_THREADS=1
     assert status(project) == {}, "dvc sees every stage as up to date, as after `dvc repro`"
+    lines = r.stdout.splitlines()
+    first_done = next(i for i, l in enumerate(lines) if l.startswith("done "))
+    assert lines.index("started leaf@c") < first_done, "a freed slot gets its next stage before the commit"
     lock = (project / "dvc.lock").read_text()
     assert all(f"leaf@{k}" in lock for k in "abc")
     timings = json.loads((project / "work" / "logs" / "timings.json").read_text())
