@@ -15,8 +15,9 @@ SMALL = MeissonicConfig(**{**MeissonicConfig.tiny().__dict__, "num_layers": 2, "
 GRID, TEXT = (16, 16), 8
 
 
-def _measured_saved_bytes(model: MeissonicTransformer, batch: int) -> int:
-    "Bytes of the distinct storages autograd saves in one real CPU forward (+ float32 log-softmax), params left out."
+def _measured_saved_bytes(model: MeissonicTransformer, batch: int, rows: int | None = None) -> int:
+    """Bytes of the distinct storages autograd saves in one real CPU forward (+ float32 log-softmax), params left out;
+    with `rows`, the packed head (`positions=`) at that many random positions per sample."""
     torch.manual_seed(0)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen = {}
@@ -35,8 +36,12 @@ def _measured_saved_bytes(model: MeissonicTransformer, batch: int) -> int:
         torch.full((batch,), 0.5),
         torch.rand(batch, 5),
     )
+    pos = None
+    if rows is not None:  # exactly `rows` Trues per sample
+        pos = (torch.rand(batch, GRID[0] * GRID[1]).argsort(1).argsort(1) < rows).view(batch, *GRID)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        lp = model(*inputs).float().flatten(2).log_softmax(1)
+        out = model(*inputs, positions=pos)
+        lp = out.float().log_softmax(-1) if rows is not None else out.float().flatten(2).log_softmax(1)
     lp.sum().backward()  # the graph is a real one
     return sum(seen.values())
 
@@ -52,6 +57,17 @@ def test_saved_activations_match_cpu_measurement(ckpt):
     measured = _measured_saved_bytes(model, 2)
     planned = saved_activation_bytes(SMALL, GRID, TEXT, 2, "fp32", ckpt)
     assert abs(planned - measured) <= 0.02 * measured, (planned, measured)
+
+
+@pytest.mark.parametrize("rows", [1, 40, 256])
+def test_packed_head_activations_match_cpu_measurement(rows):
+    "`head_rows` (the packed update head) vs a real CPU forward with `positions=` at that many positions per sample."
+    model = MeissonicTransformer(SMALL)
+    measured = _measured_saved_bytes(model, 2, rows)
+    planned = saved_activation_bytes(SMALL, GRID, TEXT, 2, "fp32", False, head_rows=rows)
+    assert abs(planned - measured) <= 0.02 * measured, (planned, measured)
+    if rows < 256:  # fewer rows, less saved, by the head's share
+        assert planned < saved_activation_bytes(SMALL, GRID, TEXT, 2, "fp32", False)
 
 
 def _run(argv):

@@ -12,7 +12,8 @@ from maskfocus.rl.pieces import unit_generator
 from maskfocus.rl.rollout import DRConfig, TrajectoryRecorder, rollout
 
 ROOT = Path(__file__).resolve().parents[1]
-FIELDS = ("tokens", "x0", "commit_step", "timesteps", "entropy", "explore", "min_kept_conf")
+EXACT = ("tokens", "x0", "commit_step", "timesteps", "explore")
+ROUNDED = ("entropy", "min_kept_conf")  # sums and minima over positions: their last bits follow the GEMM kernel
 PROMPTS = ["a photo of a red circle", "two blue squares", "a green triangle", "three yellow circles"]
 
 
@@ -29,7 +30,12 @@ def trainer_generators(sizes, G=8, seed=7, it=3):
 
 
 def same(a, b) -> bool:
-    return all(torch.equal(getattr(a, f), getattr(b, f)) for f in FIELDS) and a.group_size == b.group_size
+    "Every token, prediction, commit step and branch equal; the float statistics equal up to rounding."
+    return (
+        all(torch.equal(getattr(a, f), getattr(b, f)) for f in EXACT)
+        and all(torch.allclose(getattr(a, f), getattr(b, f), rtol=1e-5, atol=1e-6) for f in ROUNDED)
+        and a.group_size == b.group_size
+    )
 
 
 @pytest.mark.parametrize(

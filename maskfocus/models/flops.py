@@ -141,6 +141,17 @@ def pipeline_counts(
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def _as_token_row(n: int):  # rows the head runs at, over the whole batch
+    "Forward pre-hook of the output head: its input's first n positions as a 1 x n token row with its own storage."
+
+    def hook(mod, args):
+        x = args[0]  # [B, D, H, W]
+        D = x.shape[1]
+        return (x.transpose(0, 1).reshape(D, -1)[:, :n].contiguous().view(1, D, 1, n), *args[1:])
+
+    return hook
+
+
 def saved_activation_bytes(
     config: MeissonicConfig,  # the transformer's sizes
     grid: tuple[int, int] = (64, 64),  # token grid of one image
@@ -148,15 +159,20 @@ def saved_activation_bytes(
     batch: int = 1,  # samples in the forward
     precision: str = "fp32",  # "fp32", or "bf16" / "fp16" under autocast
     checkpointing: bool = False,  # gradient checkpointing of every block
+    head_rows: int | None = None,  # positions per sample the output head runs at (None: all H·W; packed head)
 ) -> int:  # bytes
     "Bytes autograd saves in one forward (+ float32 log-softmax) of `batch` samples, on fake tensors (no memory)."
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     if precision not in ("fp32", *_HALF):
         raise InputError(f"precision must be fp32, bf16 or fp16, got {precision!r}", field="precision")
+    if head_rows is not None and not 0 < head_rows <= grid[0] * grid[1]:
+        raise InputError(f"head_rows must lie in 1..{grid[0] * grid[1]} (H·W), got {head_rows!r}", field="head_rows")
     half = _HALF.get(precision)
     with FakeTensorMode():
         m = MeissonicTransformer(config, gradient_checkpointing=checkpointing)
+        if head_rows is not None:
+            m.mlm_layer.register_forward_pre_hook(_as_token_row(batch * head_rows))
         params = {p.untyped_storage()._cdata for p in m.parameters()}
         inputs = _inputs(config, grid, text_len, batch)
         seen = {}

@@ -307,21 +307,12 @@ def micro_slices(
 
 # %% ../../nbs/rl/08c_engine.ipynb #379cbbc1e968416e875cc15c1202d7eb
 def rows_of(
-    batch,  # a maskfocus.rl.logprob.StepBatch
+    batch,  # a maskfocus.rl.estimator.StepBatch
     rows: slice,  # which rows
 ):
     "The StepBatch of some rows: tensors with one row per sample are sliced, everything else is kept."
-    from maskfocus.rl.logprob import StepBatch
-
     B = batch.inputs.shape[0]
-    cut = lambda v: v[rows] if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == B else v
-    return StepBatch(
-        cut(batch.inputs),
-        cut(batch.timestep),
-        cut(batch.targets),
-        cut(batch.score_mask),
-        {k: cut(v) for k, v in batch.extra.items()},
-    )
+    return batch.map(lambda v: v[rows] if v.ndim >= 1 and v.shape[0] == B else v)
 
 # %% ../../nbs/rl/08c_engine.ipynb #75f991f8
 def apply_lora(

@@ -50,16 +50,20 @@ class StepBatch:
         "Scored positions per sample."
         return self.score_mask.sum(-1)
 
+    def map(self, fn) -> "StepBatch":  # Tensor -> Tensor, for every tensor (fields and `extra`)
+        "A copy with `fn` applied to every tensor (also in `extra`); other values are kept."
+        f = lambda v: fn(v) if isinstance(v, torch.Tensor) else v
+        return StepBatch(
+            f(self.inputs),
+            f(self.timestep),
+            f(self.targets),
+            f(self.score_mask),
+            {k: f(v) for k, v in self.extra.items()},
+        )
+
     def to(self, device: str | torch.device) -> "StepBatch":  # where to move the tensors
         "A copy with every tensor (also in `extra`) on `device`."
-        mv = lambda v: v.to(device) if isinstance(v, torch.Tensor) else v
-        return StepBatch(
-            mv(self.inputs),
-            mv(self.timestep),
-            mv(self.targets),
-            mv(self.score_mask),
-            {k: mv(v) for k, v in self.extra.items()},
-        )
+        return self.map(lambda v: v.to(device))
 
 
 @runtime_checkable

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # the trainer config imports torch: `maskfocus --help` must n
     from maskfocus.rl.config import RLConfig
 
 # %% auto #0
-__all__ = ['SHARDINGS', 'plan_config', 'plan_memory', 'format_plan', 'plan_command', 'add_plan_parser']
+__all__ = ['SHARDINGS', 'plan_config', 'scored_rows', 'plan_memory', 'format_plan', 'plan_command', 'add_plan_parser']
 
 # %% ../../nbs/rl/13_plan.ipynb #3a489c1a
 def plan_config(
@@ -29,14 +29,14 @@ def plan_config(
     return make_config(d.pop("preset", "maskfocus"), d, file=file)
 
 # %% ../../nbs/rl/13_plan.ipynb #5d2c8b81
-def _act_profile(model: MeissonicConfig, grid, text_len: int, precision: str, ckpt: bool) -> dict:
+def _act_profile(model: MeissonicConfig, grid, text_len: int, precision: str, ckpt: bool, head=None) -> dict:
     "Saved activations per sample and per batch, and one block's per-sample share (for the recompute)."
     from maskfocus.models.flops import saved_activation_bytes as sab
 
-    a1, a2 = (sab(model, grid, text_len, b, precision, ckpt) for b in (1, 2))
+    a1, a2 = (sab(model, grid, text_len, b, precision, ckpt, head) for b in (1, 2))
     out = {"per_sample": a2 - a1, "fixed": a1 - (a2 - a1), "block": 0}
     if ckpt:  # the blocks' share without checkpointing, over the number of blocks
-        n1, n2 = (sab(model, grid, text_len, b, precision, False) for b in (1, 2))
+        n1, n2 = (sab(model, grid, text_len, b, precision, False, head) for b in (1, 2))
         out["block"] = ((n2 - n1) - out["per_sample"]) // max(1, model.num_layers + model.num_single_layers)
     return out
 
@@ -47,6 +47,39 @@ def _record_bytes(cfg: RLConfig, HW: int, V: int, K: int) -> int:
     traj = N * HW * (2 if V < 32768 else 4) + HW * (2 + 8) + N * (4 + 1 + 4) + N * 8  # x0, commit+tokens, per step
     plans = K * HW * (8 + 8 + 1 + 4 + 4)  # inputs, targets, score mask; old and reference log-probs, float32
     return traj + plans
+
+# %% ../../nbs/rl/13_plan.ipynb #672d455c
+def scored_rows(
+    cfg: RLConfig,  # the run's configuration (estimator and its knobs, steps, mu, strategy)
+    grid: tuple[int, int] = (64, 64),  # token grid of an image
+) -> dict:  # most, mean (positions per sample over the plans), of (H·W), counts (every plan's)
+    "Positions per sample that one planned step of the configured estimator scores, over every step it can train."
+    import torch
+
+    from maskfocus.models.sampler import mask_schedule
+    from maskfocus.rl.logprob import make_estimator
+    from maskfocus.rl.rollout import Trajectory
+
+    HW, N = grid[0] * grid[1], cfg.steps
+    left = [HW, *mask_schedule(N, HW)]  # masks before step 0, then after each step
+    commit = torch.repeat_interleave(torch.arange(N), torch.tensor([a - b for a, b in zip(left, left[1:])]))
+    zeros = torch.zeros
+    traj = Trajectory(  # one sample; only the commit order matters to a plan's positions
+        tokens=zeros(1, HW, dtype=torch.long),
+        x0=zeros(N, 1, HW, dtype=torch.int16),
+        commit_step=commit[None].to(torch.int16),
+        timesteps=torch.arange(N),
+        entropy=zeros(N, 1),
+        explore=zeros(N, 1, dtype=torch.bool),
+        min_kept_conf=zeros(N, 1),
+        grid=grid,
+        group_size=1,
+    )
+    est = make_estimator(cfg.estimator, mask_id=0, **cfg.estimator_knobs())
+    steps = torch.arange(N - 1 if getattr(est, "alignment", "") == "consistent" else N)[None]
+    plans = est.plan_group(traj, lambda: steps, torch.Generator().manual_seed(0), cfg.mu, cfg.strategy)
+    n = [int(b.score_mask.sum()) for plan in plans for b in plan]
+    return {"most": max(n), "mean": sum(n) / len(n), "of": HW, "counts": n}
 
 # %% ../../nbs/rl/13_plan.ipynb #60da100d
 def _memory_lines(cfg, e, model, counts, gpus, sharding, S, act, grid) -> list[tuple[str, str, int]]:
@@ -73,7 +106,7 @@ def _memory_lines(cfg, e, model, counts, gpus, sharding, S, act, grid) -> list[t
         ("DDP gradient buckets", "update", 4 * T if sharding == "none" and gpus > 1 else 0),
         (f"saved activations ({mb}/micro-batch)", "update", act["per_sample"] * mb),
         ("activations per batch (weight casts)", "update", max(act["fixed"], 2 * P if half else 0)),
-        ("backward transients", "update", mb * (act["block"] + HW * V * (4 + hb))),
+        ("backward transients", "update", mb * (act["block"] + counts["head_rows"]["most"] * V * (4 + hb))),
         (f"rollout working set ({rows} rows)", "rollout", rows * HW * V * hb + S * HW * V * (hb + 3 * 4)),
     ]
     return [ln for ln in lines if ln[2] or ln[1] != "resident" or ln[0].startswith("weights")]
@@ -119,7 +152,11 @@ def plan_memory(
         "trained_steps": b["trained_steps_per_sample"],
         "samples_per_gpu": S,
     }
-    act = _act_profile(model, grid, text_len, e["precision"], e["grad_checkpointing"])
+    HW = grid[0] * grid[1]
+    packed = e.get("packed_update", False)  # not recorded at its default (off)
+    head = scored_rows(cfg, grid) if packed else {"most": HW, "mean": HW, "of": HW}
+    counts["head_rows"] = {k: head[k] for k in ("most", "mean", "of")}
+    act = _act_profile(model, grid, text_len, e["precision"], e["grad_checkpointing"], head["most"] if packed else None)
     counts["activations"] = act
     lines = _memory_lines(cfg, e, model, counts, gpus, sharding, S, act, grid)
     phases = {p: sum(v for _, q, v in lines if q == p) for p in ("resident", "update", "rollout")}
@@ -137,6 +174,15 @@ def plan_memory(
     }
 
 # %% ../../nbs/rl/13_plan.ipynb #b204e327
+def _head_line(h: dict, packed: bool) -> str:  # counts["head_rows"]; the engine's packed_update
+    if not packed:
+        return f"update head at every position ({h['of']:,} per sample)"
+    return (
+        f"update head packed (packed_update): at most {h['most']:,} of {h['of']:,} positions per sample per step "
+        f"(mean over the steps {h['mean']:,.0f})"
+    )
+
+
 def format_plan(
     plan: dict,  # from `plan_memory`
 ) -> str:
@@ -147,6 +193,7 @@ def format_plan(
         f"transformer {c['params']['total']:,} parameters; {c['forward_flops'] / 1e12:.3f} TFLOP per sample forward",
         f"{plan['gpus']} GPU(s), sharding {plan['sharding']}, {c['samples_per_gpu']} samples per GPU, precision "
         f"{e['precision']}, checkpointing {e['grad_checkpointing']}, micro-batch {e['micro_batch'] or 'all'}",
+        _head_line(c["head_rows"], e.get("packed_update", False)),
         "",
         f"{'memory per GPU':44s} {'phase':9s} {'size':>12s}",
     ]
